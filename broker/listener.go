@@ -1,0 +1,140 @@
+package broker
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// connectTimeout is how long a new connection may take to send CONNECT.
+// mochi sets no deadline before CONNECT, so a silent connection would hold a
+// goroutine for ever and make Server.Close wait for it.
+const connectTimeout = 10 * time.Second
+
+// listener is a bound net.Listener served to mochi (it implements
+// listeners.Listener). It puts every accepted connection under flow control,
+// keeps serving through temporary accept errors such as EMFILE, and on Close
+// also closes connections that never finished CONNECT, which mochi does not
+// know about.
+type listener struct {
+	id       string // mochi listener id, also the protocol name
+	ln       net.Listener
+	addr     string // what Address reports, if not ln's address
+	wrap     func(net.Conn) net.Conn
+	log      *slog.Logger
+	serve    func(establish func(net.Conn)) // how connections arrive; nil: Accept
+	cleanup  func() error                   // after the listener closed
+	closing  atomic.Bool
+	closeErr error
+
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// Init does nothing: the listener was bound before mochi saw it.
+func (l *listener) Init(*slog.Logger) error { return nil }
+
+// ID is the mochi listener id.
+func (l *listener) ID() string { return l.id }
+
+// Address is the bound address, with the real port when 0 was asked for.
+func (l *listener) Address() string {
+	if l.addr != "" {
+		return l.addr
+	}
+	return l.ln.Addr().String()
+}
+
+// Protocol is the listener's protocol name.
+func (l *listener) Protocol() string { return l.id }
+
+// Serve accepts connections until Close and hands each to mochi.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	handle := func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(connectTimeout))
+		fc := l.wrap(c)
+		if !l.track(fc) {
+			_ = fc.Close()
+			return
+		}
+		defer l.untrack(fc)
+		if err := establish(l.id, fc); err != nil && !isDisconnect(err) {
+			l.log.Debug("client connection ended", "listener", l.id, "remote", c.RemoteAddr().String(), "error", err)
+		}
+	}
+	if l.serve != nil {
+		l.serve(handle)
+		return
+	}
+	var delay time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if l.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Error("accept failed; retrying", "listener", l.id, "error", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		go handle(c)
+	}
+}
+
+func (l *listener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closing.Load() {
+		return false
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+// open is how many connections the listener holds.
+func (l *listener) open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+}
+
+// Close stops accepting, lets mochi disconnect its clients (they get a
+// DISCONNECT), then closes whatever connection is left.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	if !l.closing.CompareAndSwap(false, true) {
+		return
+	}
+	err := l.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	if l.cleanup != nil {
+		err = errors.Join(err, l.cleanup())
+	}
+	l.closeErr = err
+}
+
+// isDisconnect reports errors that only say the client went away.
+func isDisconnect(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}

@@ -1,0 +1,2 @@
+// Package client is what on-device Go services import to join the bus.
+package client

@@ -1,0 +1,253 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tarsmq is the binary under test, built once by TestMain.
+var tarsmq string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "tarsmq-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	tarsmq = filepath.Join(dir, "tarsmq")
+	if out, err := exec.Command("go", "build", "-o", tarsmq, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build tarsmq: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// needTool skips a test when a command is missing, except in CI, where
+// .ci/run installs it and its absence is a failure.
+func needTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing in CI: .ci/run must install it", name)
+		}
+		t.Skipf("%s not installed (apt-get install mosquitto-clients)", name)
+	}
+}
+
+// run runs tarsmq with args and env added to the test's environment.
+func run(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(tarsmq, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return o.String(), e.String(), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), 0
+}
+
+// server is a running `tarsmq serve`.
+type server struct {
+	cmd     *exec.Cmd
+	tcp     string // host:port
+	socket  string
+	mu      sync.Mutex
+	stderr  bytes.Buffer
+	exited  chan struct{}
+	exitErr error
+}
+
+func startServe(t *testing.T) *server {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tqcli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &server{socket: filepath.Join(dir, "mq.sock"), exited: make(chan struct{})}
+	s.cmd = exec.Command(tarsmq, "serve")
+	s.cmd.Env = append(os.Environ(),
+		"TARSMQ_CONFIG=",
+		"TARSMQ_LISTENERS_TCP_ADDRESS=127.0.0.1:0",
+		"TARSMQ_LISTENERS_UNIX_PATH="+s.socket,
+		"TARSMQ_STORE_DIR="+filepath.Join(dir, "state"),
+		"TARSMQ_LOG_FORMAT=json",
+	)
+	pipe, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addrs := make(chan string, 4)
+	go func() {
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			s.mu.Lock()
+			s.stderr.Write(append(sc.Bytes(), '\n'))
+			s.mu.Unlock()
+			var line struct{ Msg, Listener, Address string }
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" && line.Listener == "tcp" {
+				addrs <- line.Address
+			}
+		}
+		s.exitErr = s.cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Kill()
+		<-s.exited
+	})
+	select {
+	case s.tcp = <-addrs:
+	case <-s.exited:
+		t.Fatalf("tarsmq serve exited: %v\n%s", s.exitErr, s.log())
+	case <-time.After(10 * time.Second):
+		t.Fatalf("tarsmq serve did not log its TCP address\n%s", s.log())
+	}
+	return s
+}
+
+func (s *server) log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stderr.String()
+}
+
+// roundTrip runs mosquitto_sub for one message and publishes with
+// mosquitto_pub until the subscriber has it (it may not have subscribed yet
+// when the first publish goes out).
+func roundTrip(t *testing.T, conn []string, topic, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	sub := exec.CommandContext(ctx, "mosquitto_sub", append(conn, "-t", topic, "-C", "1", "-q", "1")...)
+	var out bytes.Buffer
+	sub.Stdout, sub.Stderr = &out, &out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sub.Wait() }()
+	for {
+		pub := exec.CommandContext(ctx, "mosquitto_pub", append(conn, "-t", topic, "-m", msg, "-q", "1")...)
+		if b, err := pub.CombinedOutput(); err != nil {
+			t.Fatalf("mosquitto_pub %v: %v %s", conn, err, b)
+		}
+		select {
+		case err := <-done:
+			if err != nil || strings.TrimSpace(out.String()) != msg {
+				t.Fatalf("mosquitto_sub %v: %v, got %q", conn, err, out.String())
+			}
+			return
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("mosquitto_sub %v got nothing", conn)
+		}
+	}
+}
+
+func TestServeWithMosquittoClientsAndSIGTERM(t *testing.T) {
+	needTool(t, "mosquitto_pub")
+	needTool(t, "mosquitto_sub")
+	s := startServe(t)
+	host, port, _ := strings.Cut(s.tcp, ":")
+	for _, v := range []string{"mqttv311", "mqttv5"} {
+		roundTrip(t, []string{"-V", v, "-h", host, "-p", port}, "tcp/"+v, "over tcp "+v)
+		roundTrip(t, []string{"-V", v, "--unix", s.socket}, "unix/"+v, "over the socket "+v)
+	}
+
+	if strings.Count(s.log(), `"msg":"listening"`) != 2 {
+		t.Errorf("want one listening line per listener:\n%s", s.log())
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(time.Second):
+		t.Fatalf("still running a second after SIGTERM\n%s", s.log())
+	}
+	if s.exitErr != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", s.exitErr, s.log())
+	}
+	if _, err := os.Lstat(s.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left behind after exit: %v", err)
+	}
+}
+
+func TestConfigCommand(t *testing.T) {
+	out, _, code := run(t, []string{"TARSMQ_CONFIG=", "TARSMQ_LOG_LEVEL=debug"}, "config")
+	if code != 0 || !strings.Contains(out, "level: debug") || !strings.Contains(out, "address: 127.0.0.1:1883") {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	_, errOut, code := run(t, []string{"TARSMQ_CONFIG=", "TARSMQ_LISTENERS_TCP_ADDRESS=0.0.0.0:1883", "TARSMQ_LOG_FORMAT=xml"}, "config")
+	if code != 1 || !strings.Contains(errOut, "listeners.tcp.address:") || !strings.Contains(errOut, "log.format:") {
+		t.Fatalf("invalid config: exit %d:\n%s", code, errOut)
+	}
+	_, errOut, code = run(t, []string{"TARSMQ_CONFIG="}, "config", "--config", "/nonexistent/tarsmq.yaml")
+	if code != 1 || !strings.Contains(errOut, "/nonexistent/tarsmq.yaml") {
+		t.Fatalf("missing file: exit %d:\n%s", code, errOut)
+	}
+}
+
+// The shipped example config is what the defaults are, and valid.
+func TestExampleConfigIsValid(t *testing.T) {
+	out, errOut, code := run(t, []string{"TARSMQ_CONFIG="}, "config", "--config", "../../configs/tarsmq.yaml")
+	if code != 0 {
+		t.Fatalf("configs/tarsmq.yaml: exit %d: %s", code, errOut)
+	}
+	for _, key := range []string{"unix:", "tcp:", "websocket:", "store:", "log:"} {
+		if !strings.Contains(out, key) {
+			t.Errorf("%s missing from the effective config", key)
+		}
+	}
+}
+
+func TestServeRefusesInvalidConfig(t *testing.T) {
+	_, errOut, code := run(t, []string{"TARSMQ_CONFIG=", "TARSMQ_SLOW_SUBSCRIBER_POLICY=wait"}, "serve")
+	if code != 1 || !strings.Contains(errOut, "slow_subscriber.policy:") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"help"}} {
+		out, _, code := run(t, nil, args...)
+		if code != 0 || !strings.Contains(out, "serve") || !strings.Contains(out, "config") {
+			t.Errorf("%v: exit %d\n%s", args, code, out)
+		}
+	}
+	for cmd, want := range map[string]string{"serve": "SIGTERM", "config": "TARSMQ_LISTENERS_TCP_ADDRESS", "version": "version"} {
+		out, errOut, code := run(t, nil, cmd, "--help")
+		if code != 0 || !strings.Contains(out+errOut, want) {
+			t.Errorf("%s --help: exit %d, want %q in\n%s%s", cmd, code, want, out, errOut)
+		}
+	}
+	out, _, code := run(t, nil, "version")
+	if code != 0 || !strings.HasPrefix(out, "tarsmq ") || !strings.Contains(out, "commit") {
+		t.Errorf("version: exit %d %q", code, out)
+	}
+	_, errOut, code := run(t, nil, "frobnicate")
+	if code != 1 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d %q", code, errOut)
+	}
+}

@@ -1,0 +1,274 @@
+// Package flow is the broker's outbound flow control. mochi's own has three
+// faults under load: a recursive read lock in Inflight.NextImmediate that
+// deadlocks against a concurrent fan-out, a send quota that leaks once a
+// client's Receive Maximum is reached so withheld messages are never sent,
+// and silent drops when a client's outbound channel is full, after the
+// publisher was acknowledged.
+//
+// flow replaces that path without forking mochi. Its hook sets mochi's send
+// quota to zero, so mochi neither withholds messages nor calls NextImmediate,
+// and every client connection is wrapped in a Conn that honours the client's
+// Receive Maximum itself, never blocks the broker on the network, and holds
+// what cannot be sent yet in a bounded queue. When that queue is full the
+// configured policy applies: Block makes publishers wait (backpressure) and
+// Drop discards the subscriber's own messages; either way every drop is
+// counted per client.
+package flow
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Policy is what happens when a subscriber's queue is full.
+type Policy string
+
+// The slow subscriber policies.
+const (
+	// Block makes a publisher wait, before its message is acknowledged, until
+	// every subscriber it goes to has room, for at most BlockTimeout per
+	// message. A subscriber that makes no room in that time is marked stalled:
+	// publishers stop waiting for it and its excess messages are dropped and
+	// counted until it catches up.
+	Block Policy = "block"
+	// Drop discards a message for a subscriber whose queue is full, and
+	// counts it; publishers and other subscribers are not slowed.
+	Drop Policy = "drop"
+)
+
+// Config sets the limits of one client's outbound queue.
+type Config struct {
+	MaxInflight   int           // QoS 1/2 publishes unacknowledged per client; a v5 Receive Maximum lowers it
+	QueueMessages int           // publishes waiting per client before the policy applies
+	QueueBytes    int64         // bytes waiting per client before the policy applies
+	Policy        Policy        // Block or Drop
+	BlockTimeout  time.Duration // longest a publisher waits for one message (Block)
+	WriteTimeout  time.Duration // a client that takes no bytes for this long is disconnected
+}
+
+func (c Config) validate() error {
+	switch {
+	case c.MaxInflight < 1 || c.MaxInflight > 65535:
+		return fmt.Errorf("flow: MaxInflight %d out of range 1..65535", c.MaxInflight)
+	case c.QueueMessages < 1 || c.QueueBytes < 1:
+		return fmt.Errorf("flow: queue limits must be positive")
+	case c.Policy != Block && c.Policy != Drop:
+		return fmt.Errorf("flow: unknown policy %q", c.Policy)
+	case c.Policy == Block && c.BlockTimeout <= 0:
+		return fmt.Errorf("flow: BlockTimeout must be positive")
+	case c.WriteTimeout <= 0:
+		return fmt.Errorf("flow: WriteTimeout must be positive")
+	}
+	return nil
+}
+
+// Controller is the mochi hook that does flow control, and the factory of the
+// Conns it controls. Add it with Server.AddHook(ctl, Config{...}) before the
+// server starts, and wrap every accepted connection with Wrap.
+type Controller struct {
+	mqtt.HookBase
+	cfg    Config
+	server *mqtt.Server
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	conns  sync.WaitGroup // writers still running
+
+	mu     sync.RWMutex
+	online map[string]*Conn // by client id
+
+	gate gate // where Block makes publishers wait
+
+	dropped atomic.Uint64
+
+	dropsMu sync.Mutex
+	drops   map[string]uint64 // by client id, across reconnects
+}
+
+// New returns a Controller for server that logs to log.
+func New(server *mqtt.Server, log *slog.Logger) *Controller {
+	ctx, cancel := context.WithCancel(context.Background())
+	ctl := &Controller{
+		server: server,
+		ctx:    ctx,
+		cancel: cancel,
+		online: make(map[string]*Conn),
+		drops:  make(map[string]uint64),
+	}
+	ctl.gate.targets = make(map[string]gateEntry)
+	ctl.Log = log
+	return ctl
+}
+
+// ID names the hook.
+func (ctl *Controller) ID() string { return "flow-control" }
+
+// Provides lists the hook events the controller handles.
+func (ctl *Controller) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnPacketRead,
+		mqtt.OnPublish,
+		mqtt.OnQosPublish,
+		mqtt.OnPublishDropped,
+		mqtt.OnSubscribed,
+		mqtt.OnUnsubscribed,
+	}, []byte{b})
+}
+
+// Init takes the controller's Config.
+func (ctl *Controller) Init(config any) error {
+	cfg, ok := config.(Config)
+	if !ok {
+		return fmt.Errorf("flow: %w: want flow.Config, got %T", mqtt.ErrInvalidConfigType, config)
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	ctl.cfg = cfg
+	return nil
+}
+
+// SetOpts keeps the controller's own logger rather than mochi's.
+func (ctl *Controller) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { ctl.Opts = opts }
+
+// Wrap puts a newly accepted connection under flow control.
+func (ctl *Controller) Wrap(c net.Conn) *Conn {
+	ctl.conns.Add(1)
+	return newConn(ctl, c)
+}
+
+// Stop releases publishers waiting at the gate and waits, for a bounded
+// time, until every connection's writer has finished.
+func (ctl *Controller) Stop() error {
+	ctl.cancel()
+	done := make(chan struct{})
+	go func() { ctl.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-time.After(2 * linger):
+		return fmt.Errorf("flow: connection writers still running after %v", 2*linger)
+	}
+}
+
+// noQuota turns off mochi's own send quota for cl: with a maximum of zero,
+// mochi neither withholds messages nor calls Inflight.NextImmediate.
+func noQuota(cl *mqtt.Client) { cl.State.Inflight.ResetSendQuota(0) }
+
+// OnConnect takes the client's Receive Maximum for its Conn.
+func (ctl *Controller) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	noQuota(cl)
+	if c, ok := cl.Net.Conn.(*Conn); ok {
+		quota := ctl.cfg.MaxInflight
+		if cl.Properties.ProtocolVersion >= 5 {
+			rm := int(cl.Properties.Props.ReceiveMaximum)
+			if rm == 0 {
+				rm = 65535 // absent: the MQTT 5 default
+			}
+			quota = min(quota, rm)
+		}
+		c.bind(cl, quota, outboundLen(cl))
+	}
+	return nil
+}
+
+// OnSessionEstablished registers the client as online, and turns mochi's
+// send quota off again: taking over a session resets it.
+func (ctl *Controller) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	noQuota(cl)
+	if c, ok := cl.Net.Conn.(*Conn); ok {
+		ctl.mu.Lock()
+		ctl.online[cl.ID] = c
+		ctl.mu.Unlock()
+		ctl.gate.invalidate()
+	}
+}
+
+// OnQosPublish keeps mochi's send quota off: it runs between mochi reading
+// the quota and deciding to withhold a message, which closes the window in
+// which a session takeover could have turned it back on.
+func (ctl *Controller) OnQosPublish(cl *mqtt.Client, _ packets.Packet, _ int64, _ int) {
+	noQuota(cl)
+}
+
+// OnDisconnect forgets the client's connection.
+func (ctl *Controller) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	c, ok := cl.Net.Conn.(*Conn)
+	if !ok {
+		return
+	}
+	ctl.mu.Lock()
+	if ctl.online[cl.ID] == c {
+		delete(ctl.online, cl.ID)
+	}
+	ctl.mu.Unlock()
+	ctl.gate.invalidate()
+}
+
+// OnPacketRead returns send quota when the client acknowledges a publish.
+func (ctl *Controller) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+	case packets.Pubrec:
+		if pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+			return pk, nil // the QoS 2 flow goes on to PUBCOMP
+		}
+	default:
+		return pk, nil
+	}
+	if c, ok := cl.Net.Conn.(*Conn); ok {
+		c.ack(pk.PacketID)
+	}
+	return pk, nil
+}
+
+// OnPublishDropped counts a message mochi dropped because a client's outbound
+// channel was full. Conn.Write never blocks, so this should not happen.
+func (ctl *Controller) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
+	ctl.countDrop(cl.ID)
+}
+
+func (ctl *Controller) countDrop(clientID string) {
+	ctl.dropped.Add(1)
+	ctl.dropsMu.Lock()
+	ctl.drops[clientID]++
+	ctl.dropsMu.Unlock()
+}
+
+// Dropped is how many messages for clientID were dropped, across its
+// connections.
+func (ctl *Controller) Dropped(clientID string) uint64 {
+	ctl.dropsMu.Lock()
+	defer ctl.dropsMu.Unlock()
+	return ctl.drops[clientID]
+}
+
+// DroppedTotal is how many messages were dropped for all clients.
+func (ctl *Controller) DroppedTotal() uint64 { return ctl.dropped.Load() }
+
+// outboundLen returns a function that tells how many packets wait in mochi's
+// outbound channel for cl. That channel (Client.State.outbound) is
+// unexported, but what it holds is part of the client's queue: without it
+// the Block gate would only see the queue once mochi's write loop, which
+// lags under load, had moved it. Nil if mochi's internals have changed (a
+// test checks they have not).
+func outboundLen(cl *mqtt.Client) func() int {
+	v := reflect.ValueOf(&cl.State).Elem().FieldByName("outbound")
+	if !v.IsValid() || v.Kind() != reflect.Chan {
+		return nil
+	}
+	return v.Len
+}
