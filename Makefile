@@ -35,8 +35,8 @@ cross: ## static binaries for linux/arm64 and linux/amd64 in dist/
 		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build $(GOFLAGS_BUILD) -o dist/tarsmq-linux-$$arch ./cmd/tarsmq || exit 1; \
 	done
 
-run: ## run the broker on its built-in defaults
-	go run ./cmd/tarsmq serve
+run: build ## build, then run the broker on its built-in defaults
+	exec $(BIN) serve
 
 clean: ## remove build output
 	rm -rf bin dist

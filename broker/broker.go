@@ -14,9 +14,11 @@ import (
 	"log/slog"
 	"net"
 	"sync/atomic"
+	"syscall"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tarsmq/tarsmq/internal/flow"
 )
@@ -137,7 +139,7 @@ func (b *Broker) bind() error {
 	lc := b.cfg.Listeners
 	wrap := func(c net.Conn) net.Conn { return b.flow.Wrap(c) }
 	add := func(id string, ln net.Listener) *listener {
-		l := &listener{id: id, ln: ln, wrap: wrap, log: b.log, conns: map[net.Conn]struct{}{}}
+		l := &listener{id: id, ln: ln, wrap: wrap, shutdown: b.disconnect, log: b.log, conns: map[net.Conn]struct{}{}}
 		b.listeners = append(b.listeners, l)
 		return l
 	}
@@ -160,17 +162,17 @@ func (b *Broker) bind() error {
 		b.sockPath = sock.path
 	}
 	if lc.TCP.Address != "" {
-		ln, err := net.Listen("tcp", lc.TCP.Address)
+		ln, err := listenTCP("listeners.tcp.address", lc.TCP.Address)
 		if err != nil {
-			return fmt.Errorf("listen on tcp %s: %w", lc.TCP.Address, err)
+			return err
 		}
 		add("tcp", ln)
 		b.tcpAddr = ln.Addr()
 	}
 	if lc.WebSocket.Address != "" {
-		ln, err := net.Listen("tcp", lc.WebSocket.Address)
+		ln, err := listenTCP("listeners.websocket.address", lc.WebSocket.Address)
 		if err != nil {
-			return fmt.Errorf("listen on websocket %s: %w", lc.WebSocket.Address, err)
+			return err
 		}
 		ws := newWebSocketServer(lc.WebSocket.AllowedOrigins, b.log)
 		l := add("ws", ln)
@@ -179,6 +181,30 @@ func (b *Broker) bind() error {
 		b.wsAddr = ln.Addr()
 	}
 	return nil
+}
+
+// disconnect ends one connection at shutdown: a logged-in client gets
+// DISCONNECT 0x8B (server shutting down) first.
+func (b *Broker) disconnect(c net.Conn) {
+	if fc, ok := c.(*flow.Conn); ok {
+		if cl := fc.Client(); cl != nil {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			return
+		}
+	}
+	_ = c.Close()
+}
+
+// listenTCP binds addr, the value of the config key field.
+func listenTCP(field, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("listen on %s: %w; another program (another MQTT broker?) uses the port: stop it or change %s", addr, err, field)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (%s): %w", addr, field, err)
+	}
+	return ln, nil
 }
 
 // closeListeners closes listeners bound by a Start that failed.

@@ -2,9 +2,11 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"testing"
@@ -313,5 +315,56 @@ func TestWebSocketListener(t *testing.T) {
 	wsConnect(t, b.WebSocketAddr().String(), "")
 	if err := wsDial(b.WebSocketAddr().String(), "http://evil.example"); err == nil {
 		t.Fatal("a foreign browser origin was allowed to connect")
+	}
+}
+
+func TestPortInUseNamesTheKey(t *testing.T) {
+	first := brokertest.Run(t, nil)
+	cfg := brokertest.Config(t)
+	cfg.Listeners.TCP.Address = first.Addr().String()
+	b, err := broker.New(cfg, brokertest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	err = b.Start(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "listeners.tcp.address") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("got %v", err)
+	}
+	// Nothing of the failed start stays bound: its socket path is free.
+	if _, err := os.Lstat(cfg.Listeners.Unix.Path); !os.IsNotExist(err) {
+		t.Fatalf("failed start left its socket: %v", err)
+	}
+}
+
+// Clients leaving while the broker shuts down must not hang Close (mochi's
+// Clients.GetByListener takes its read lock twice and deadlocked against
+// Clients.Delete).
+func TestCloseWhileClientsDisconnect(t *testing.T) {
+	for range 4 * runs() {
+		cfg := brokertest.Config(t)
+		b, err := broker.New(cfg, brokertest.Logger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var clients []*mqtttest.Client
+		for i := range 32 {
+			c := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+			c.Connect(fmt.Sprint("c", i), nil)
+			clients = append(clients, c)
+		}
+		for _, c := range clients {
+			go c.Disconnect()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = b.Close(ctx)
+		cancel()
+		if err != nil {
+			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+			t.Fatalf("Close while clients disconnect: %v", err)
+		}
 	}
 }

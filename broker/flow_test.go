@@ -146,34 +146,9 @@ func TestReceiveMaximumHonoured(t *testing.T) {
 		}
 	}()
 
-	var unacked []packets.Packet
-	seen := map[string]bool{}
-	maxOut := 0
-	for len(seen) < n {
-		// Wait briefly for more while at the maximum: a broker that ignores
-		// the Receive Maximum sends a third message now.
-		wait := 5 * time.Second
-		if len(unacked) == recvMax {
-			wait = 20 * time.Millisecond
-		}
-		pk, err := sub.Next(packets.Publish, 0, wait)
-		if err == nil {
-			if seen[string(pk.Payload)] {
-				t.Fatalf("message %s delivered twice", pk.Payload)
-			}
-			seen[string(pk.Payload)] = true
-			unacked = append(unacked, pk)
-			maxOut = max(maxOut, len(unacked))
-			if len(unacked) > recvMax {
-				t.Fatalf("%d unacknowledged QoS 1 messages outstanding, Receive Maximum is %d", len(unacked), recvMax)
-			}
-			continue
-		}
-		if len(unacked) == 0 {
-			t.Fatalf("got %d of %d messages: %v", len(seen), n, err)
-		}
-		sub.Ack(unacked[0])
-		unacked = unacked[1:]
+	maxOut, dups := recvAll(t, sub, n, recvMax)
+	if dups > 0 {
+		t.Errorf("%d messages delivered twice", dups)
 	}
 	if maxOut != recvMax {
 		t.Errorf("at most %d messages were outstanding; the test never reached the maximum of %d", maxOut, recvMax)
@@ -295,4 +270,85 @@ func TestDropPolicyCountsEveryLoss(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recvAll receives n distinct QoS 1 messages on c, failing if more than
+// recvMax are unacknowledged at any time. When recvMax are outstanding it
+// waits a little for more (a broker ignoring the Receive Maximum sends them
+// now), then acknowledges the oldest. It returns the most outstanding at
+// once and how many arrived again (DUP resends after a takeover are fine).
+func recvAll(t *testing.T, c *mqtttest.Client, n, recvMax int) (maxOut, dups int) {
+	t.Helper()
+	var unacked []packets.Packet
+	seen := map[string]bool{}
+	for len(seen) < n {
+		wait := 5 * time.Second
+		if len(unacked) == recvMax {
+			wait = 20 * time.Millisecond
+		}
+		pk, err := c.Next(packets.Publish, 0, wait)
+		if err == nil {
+			if seen[string(pk.Payload)] {
+				dups++
+			}
+			seen[string(pk.Payload)] = true
+			unacked = append(unacked, pk)
+			maxOut = max(maxOut, len(unacked))
+			if len(unacked) > recvMax {
+				t.Fatalf("%d unacknowledged QoS 1 messages outstanding, Receive Maximum is %d", len(unacked), recvMax)
+			}
+			continue
+		}
+		if len(unacked) == 0 {
+			t.Fatalf("got %d of %d messages: %v", len(seen), n, err)
+		}
+		c.Ack(unacked[0])
+		unacked = unacked[1:]
+	}
+	for _, pk := range unacked {
+		c.Ack(pk)
+	}
+	return maxOut, dups
+}
+
+// A persistent session keeps QoS 1 messages published while its client is
+// away, or while another connection held it, and delivers every one when the
+// client returns, within the Receive Maximum of the new connection.
+func TestPersistentSessionRedeliversWithinReceiveMaximum(t *testing.T) {
+	const n = 60
+	b := brokertest.Run(t, nil)
+	persistent := func(recvMax uint16) func(*packets.Packet) {
+		return func(pk *packets.Packet) {
+			pk.Connect.Clean = false
+			pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+			pk.Properties.ReceiveMaximum = recvMax
+		}
+	}
+	first := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	first.Connect("worker", persistent(2))
+	first.Subscribe("jobs/#", 1)
+
+	pub := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
+	pub.Connect("pub", nil)
+	for i := range n / 2 {
+		pub.Publish("jobs/a", []byte(payload(0, i)), 1, false)
+	}
+	// The first connection holds two unacknowledged and the rest queued;
+	// a second connection with the same client id takes the session over.
+	first.Expect(packets.Publish, 0)
+	second := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	if ack := second.Connect("worker", persistent(3)); !ack.SessionPresent {
+		t.Fatal("takeover: session not present")
+	}
+	recvAll(t, second, n/2, 3)
+	second.Disconnect()
+
+	for i := n / 2; i < n; i++ { // published while nobody is connected
+		pub.Publish("jobs/a", []byte(payload(0, i)), 1, false)
+	}
+	third := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
+	if ack := third.Connect("worker", persistent(4)); !ack.SessionPresent {
+		t.Fatal("reconnect: session not present")
+	}
+	recvAll(t, third, n/2, 4)
 }

@@ -29,6 +29,7 @@ type listener struct {
 	wrap     func(net.Conn) net.Conn
 	log      *slog.Logger
 	serve    func(establish func(net.Conn)) // how connections arrive; nil: Accept
+	shutdown func(net.Conn)                 // ends one connection at Close
 	cleanup  func() error                   // after the listener closed
 	closing  atomic.Bool
 	closeErr error
@@ -112,9 +113,11 @@ func (l *listener) untrack(c net.Conn) {
 	l.mu.Unlock()
 }
 
-// Close stops accepting, lets mochi disconnect its clients (they get a
-// DISCONNECT), then closes whatever connection is left.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting and ends every connection: logged-in clients get a
+// DISCONNECT (see Broker.bind). It does not call mochi's closeClients, which
+// takes the clients' read lock twice (Clients.GetByListener calls Len) and
+// deadlocks against clients disconnecting at the same moment.
+func (l *listener) Close(listeners.CloseFn) {
 	if !l.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -122,12 +125,15 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
-	closeClients(l.id)
 	l.mu.Lock()
+	conns := make([]net.Conn, 0, len(l.conns))
 	for c := range l.conns {
-		_ = c.Close()
+		conns = append(conns, c)
 	}
 	l.mu.Unlock()
+	for _, c := range conns {
+		l.shutdown(c)
+	}
 	if l.cleanup != nil {
 		err = errors.Join(err, l.cleanup())
 	}

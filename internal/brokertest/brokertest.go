@@ -5,10 +5,12 @@ package brokertest
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -68,6 +70,9 @@ func Start(t testing.TB, cfg broker.Config, log *slog.Logger) *broker.Broker {
 		defer cancel()
 		if err := b.Close(ctx); err != nil {
 			t.Errorf("close broker: %v", err)
+			if errors.Is(err, context.DeadlineExceeded) { // show where it hangs
+				_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+			}
 		}
 	})
 	return b

@@ -387,6 +387,14 @@ func (c *Conn) SetDeadline(t time.Time) error {
 // SetWriteDeadline is ignored: the writer sets its own.
 func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
 
+// Client is the mochi client logged in on this connection, nil before
+// CONNECT.
+func (c *Conn) Client() *mqtt.Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.client
+}
+
 // Dropped is how many messages this connection lost to the queue limits.
 func (c *Conn) Dropped() uint64 {
 	c.mu.Lock()

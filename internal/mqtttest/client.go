@@ -118,9 +118,10 @@ func (c *Client) Ack(pk packets.Packet) {
 	c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 }
 
-// Disconnect sends DISCONNECT and closes the connection.
+// Disconnect sends DISCONNECT, if the connection is still up, and closes
+// it. It may be called from any goroutine.
 func (c *Client) Disconnect() {
-	c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+	_ = c.TrySend(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
 	_ = c.conn.Close()
 }
 
