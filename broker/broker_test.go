@@ -368,3 +368,45 @@ func TestCloseWhileClientsDisconnect(t *testing.T) {
 		}
 	}
 }
+
+// mochi deletes retained messages older than MaximumMessageExpiryInterval
+// (a day by default) once a second; the broker sets it to 0 so device state
+// published once stays retained, while a publisher's own expiry still holds.
+func TestRetainedMessagesDoNotExpire(t *testing.T) {
+	b := brokertest.Run(t, nil)
+	pub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	pub.Connect("pub", nil)
+	pub.Publish("state/old", []byte("kept"), 1, true)
+	pub.Send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+		TopicName:   "state/short",
+		Payload:     []byte("expires"),
+		Properties:  packets.Properties{MessageExpiryInterval: 1},
+	})
+	topics := b.Server().Topics
+	if !poll(5*time.Second, func() bool { return len(topics.Messages("state/short")) == 1 }) {
+		t.Fatal("retained message with expiry never stored")
+	}
+	old := topics.Messages("state/old")
+	if len(old) != 1 {
+		t.Fatalf("retained: %v", old)
+	}
+	old[0].Created -= 3 * 24 * 3600 // three days old
+	topics.RetainMessage(old[0])
+
+	// mochi's expiry sweep runs every second; give it a few.
+	if !poll(5*time.Second, func() bool { return len(topics.Messages("state/short")) == 0 }) {
+		t.Fatal("the publisher's 1 s expiry was not honoured")
+	}
+	time.Sleep(1500 * time.Millisecond)
+	sub := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V311)
+	sub.Connect("late", nil)
+	sub.Subscribe("state/#", 0)
+	pk := sub.Expect(packets.Publish, 0)
+	if pk.TopicName != "state/old" || string(pk.Payload) != "kept" {
+		t.Fatalf("late subscriber got %s %q", pk.TopicName, pk.Payload)
+	}
+	if extra, err := sub.Next(packets.Publish, 0, 200*time.Millisecond); err == nil {
+		t.Fatalf("expired message delivered: %s", extra.TopicName)
+	}
+}

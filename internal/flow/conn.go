@@ -121,7 +121,6 @@ func (c *Conn) acceptLocked(pkt []byte) error {
 		}
 		c.pendMsgs.Add(1)
 		c.pendBytes.Add(int64(len(pkt)))
-		c.updateLocked()
 		if c.ready && len(c.held) == 0 && c.canSendLocked(m) {
 			c.sendLocked(m)
 		} else {
