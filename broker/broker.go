@@ -20,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/flow"
 )
 
@@ -29,10 +30,11 @@ const sysTopicInterval = 10
 
 // Broker is the embedded MQTT broker.
 type Broker struct {
-	cfg  Config
-	log  *slog.Logger
-	srv  *mqtt.Server
-	flow *flow.Controller
+	cfg      Config
+	log      *slog.Logger
+	srv      *mqtt.Server
+	flow     *flow.Controller
+	contract *contract.Hook
 
 	started   atomic.Bool
 	closing   atomic.Bool
@@ -65,18 +67,25 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 		ClientNetWriteBufferSize: 1,
 		Logger:                   newMochiLogger(log.With("component", "mqtt")),
 		SysTopicResendInterval:   sysTopicInterval,
+		InlineClient:             true, // the broker's own messages (contract rejections)
 	})
 	b := &Broker{
-		cfg:    cfg,
-		log:    log,
-		srv:    srv,
-		flow:   flow.New(srv, log.With("component", "flow")),
-		closed: make(chan struct{}),
+		cfg:      cfg,
+		log:      log,
+		srv:      srv,
+		flow:     flow.New(srv, log.With("component", "flow")),
+		contract: contract.New(log.With("component", "contract"), srv),
+		closed:   make(chan struct{}),
 	}
 	// Anyone who can reach a listener may connect, publish and subscribe:
 	// the listeners are local by default.
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	// The contract comes before flow control, so an invalid message is
+	// refused before its publisher waits for room.
+	if err := srv.AddHook(b.contract, cfg.Contract); err != nil {
+		return nil, fmt.Errorf("add contract hook: %w", err)
 	}
 	s := cfg.SlowSubscriber
 	if err := srv.AddHook(b.flow, flow.Config{
@@ -236,6 +245,9 @@ func (b *Broker) Connections() int {
 
 // Server is the underlying mochi server, for hooks that need it.
 func (b *Broker) Server() *mqtt.Server { return b.srv }
+
+// Contract is the envelope contract hook, for its rejection counts.
+func (b *Broker) Contract() *contract.Hook { return b.contract }
 
 // Dropped is how many messages for clientID the slow subscriber policy has
 // dropped since the broker started.

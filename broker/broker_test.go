@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -30,13 +31,14 @@ func TestRoundTripV5(t *testing.T) {
 			subscribe(t, sub, "log/#", 0)
 			pub := connectPaho(t, ep, "pub-"+ep.network, nil, pahoOpts{})
 
-			r := publish(t, pub, "robot/arm/status", "ok", 1, false)
+			me := "pub-" + ep.network
+			r := publish(t, pub, me, "robot/arm/status", "ok", 1, false)
 			if r == nil || r.ReasonCode != 0 {
 				t.Fatalf("QoS 1 publish not acknowledged with success: %+v", r)
 			}
-			publish(t, pub, "robot/arm/extra/status", "no: + is one level", 1, false)
-			publish(t, pub, "log/a/b/c", "deep", 0, false)
-			publish(t, pub, "log", "parent", 0, false) // # also matches the parent level
+			publish(t, pub, me, "robot/arm/extra/status", "no: + is one level", 1, false)
+			publish(t, pub, me, "log/a/b/c", "deep", 0, false)
+			publish(t, pub, me, "log", "parent", 0, false) // # also matches the parent level
 			in.waitFor(t, 3, 5*time.Second)
 
 			got := map[string]string{}
@@ -45,7 +47,7 @@ func TestRoundTripV5(t *testing.T) {
 				got[m.Topic] = string(m.Payload)
 			}
 			in.mu.Unlock()
-			want := map[string]string{"robot/arm/status": "ok", "log/a/b/c": "deep", "log": "parent"}
+			want := map[string]string{"robot/arm/status": envFrom(me, "ok"), "log/a/b/c": envFrom(me, "deep"), "log": envFrom(me, "parent")}
 			for topic, p := range want {
 				if got[topic] != p {
 					t.Errorf("topic %s: got %q, want %q (all: %v)", topic, got[topic], p, got)
@@ -61,8 +63,11 @@ func TestRoundTripV5(t *testing.T) {
 func TestRetainedReachesLateSubscriber(t *testing.T) {
 	b := brokertest.Run(t, nil)
 	ep := endpoints(b)[0]
-	pub := connectPaho(t, ep, "pub", nil, pahoOpts{})
-	publish(t, pub, "system/health/stt", `{"ok":true}`, 1, true)
+	pub := connectPaho(t, ep, "stt", nil, pahoOpts{})
+	health := `{"id":"h1","type":"health.status","ts":1729123456.5,"source":"stt","data":{"ok":true,"event":"ready"}}`
+	if _, err := pub.Publish(t.Context(), &paho.Publish{Topic: "system/health/stt", QoS: 1, Retain: true, Payload: []byte(health)}); err != nil {
+		t.Fatal(err)
+	}
 
 	in := newInbox()
 	sub := connectPaho(t, endpoints(b)[1], "late", in, pahoOpts{})
@@ -71,7 +76,7 @@ func TestRetainedReachesLateSubscriber(t *testing.T) {
 	in.mu.Lock()
 	m := in.msgs[0]
 	in.mu.Unlock()
-	if m.Topic != "system/health/stt" || string(m.Payload) != `{"ok":true}` || !m.Retain {
+	if m.Topic != "system/health/stt" || string(m.Payload) != health || !m.Retain {
 		t.Fatalf("late subscriber got topic %q payload %q retain %v", m.Topic, m.Payload, m.Retain)
 	}
 }
@@ -98,13 +103,13 @@ func TestRoundTripV311(t *testing.T) {
 				t.Fatalf("v3.1.1 subscribe: %v", tok.Error())
 			}
 			pub := connect("v3-pub")
-			tok := pub.Publish("cmd/move", 1, false, "forward")
+			tok := pub.Publish("cmd/move", 1, false, envFrom("v3-pub", "forward"))
 			if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 				t.Fatalf("v3.1.1 QoS 1 publish not acknowledged: %v", tok.Error())
 			}
 			select {
 			case m := <-got:
-				if m.Topic() != "cmd/move" || string(m.Payload()) != "forward" || m.Qos() != 1 {
+				if m.Topic() != "cmd/move" || string(m.Payload()) != envFrom("v3-pub", "forward") || m.Qos() != 1 {
 					t.Fatalf("got %s %q qos %d", m.Topic(), m.Payload(), m.Qos())
 				}
 			case <-time.After(5 * time.Second):
@@ -122,7 +127,7 @@ func TestQoS1AcknowledgedOnTheWire(t *testing.T) {
 		if ack := c.Connect("raw", nil); ack.ReasonCode != 0 {
 			t.Fatalf("v%d connack reason %#x", v, ack.ReasonCode)
 		}
-		ack := c.Publish("a/b", []byte("x"), 1, false)
+		ack := c.Publish("a/b", []byte(envFrom("raw", "x")), 1, false)
 		if ack.FixedHeader.Type != packets.Puback || ack.ReasonCode != 0 {
 			t.Fatalf("v%d: got %+v", v, ack)
 		}
@@ -376,11 +381,11 @@ func TestRetainedMessagesDoNotExpire(t *testing.T) {
 	b := brokertest.Run(t, nil)
 	pub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
 	pub.Connect("pub", nil)
-	pub.Publish("state/old", []byte("kept"), 1, true)
+	pub.Publish("state/old", []byte(envFrom("pub", "kept")), 1, true)
 	pub.Send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
 		TopicName:   "state/short",
-		Payload:     []byte("expires"),
+		Payload:     []byte(envFrom("pub", "expires")),
 		Properties:  packets.Properties{MessageExpiryInterval: 1},
 	})
 	topics := b.Server().Topics
@@ -403,7 +408,7 @@ func TestRetainedMessagesDoNotExpire(t *testing.T) {
 	sub.Connect("late", nil)
 	sub.Subscribe("state/#", 0)
 	pk := sub.Expect(packets.Publish, 0)
-	if pk.TopicName != "state/old" || string(pk.Payload) != "kept" {
+	if pk.TopicName != "state/old" || string(pk.Payload) != envFrom("pub", "kept") {
 		t.Fatalf("late subscriber got %s %q", pk.TopicName, pk.Payload)
 	}
 	if extra, err := sub.Next(packets.Publish, 0, 200*time.Millisecond); err == nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/bytesize"
 )
 
@@ -21,6 +22,7 @@ type Config struct {
 	Listeners      ListenersConfig      `yaml:"listeners"`
 	Limits         LimitsConfig         `yaml:"limits"`
 	SlowSubscriber SlowSubscriberConfig `yaml:"slow_subscriber"`
+	Contract       contract.Config      `yaml:"contract"`
 }
 
 // ListenersConfig holds the three listeners. An empty path or address turns a
@@ -95,6 +97,7 @@ func DefaultConfig() Config {
 			BlockTimeout: 2 * time.Second,
 			WriteTimeout: 30 * time.Second,
 		},
+		Contract: contract.DefaultConfig(),
 	}
 }
 
@@ -199,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if s.WriteTimeout < time.Second {
 		bad("slow_subscriber.write_timeout", "%v is too short; use at least 1s, e.g. 30s", s.WriteTimeout)
+	}
+	if err := c.Contract.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -17,6 +17,17 @@ import (
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
 )
 
+// runLoad starts a broker for load tests: as configured by edit, and with
+// contract.bind_source off so that every publisher may send as loadSource.
+func runLoad(t *testing.T, edit func(*broker.Config)) *broker.Broker {
+	return brokertest.Run(t, func(c *broker.Config) {
+		c.Contract.BindSource = false
+		if edit != nil {
+			edit(c)
+		}
+	})
+}
+
 // runs is how many times each load test repeats: $TARSMQ_STRESS_RUNS, else
 // 4 (1 with -short). Plain mochi stalled in 2 to 9 of 16 runs.
 func runs() int {
@@ -87,7 +98,7 @@ func TestQoS1FanInExactlyOnce(t *testing.T) {
 	const pubs, n = 4, 2000
 	for run := range runs() {
 		t.Run(fmt.Sprint(run), func(t *testing.T) {
-			b := brokertest.Run(t, nil)
+			b := runLoad(t, nil)
 			for _, ep := range endpoints(b) {
 				in := newInbox()
 				sub := connectPaho(t, ep, "sub-"+ep.network, in, pahoOpts{receiveMax: 50})
@@ -107,7 +118,7 @@ func TestQoS1FanOutExactlyOnce(t *testing.T) {
 	const subs, n = 4, 2000
 	for run := range runs() {
 		t.Run(fmt.Sprint(run), func(t *testing.T) {
-			b := brokertest.Run(t, nil)
+			b := runLoad(t, nil)
 			ep := endpoints(b)[run%2]
 			var inboxes []*inbox
 			for i := range subs {
@@ -131,7 +142,7 @@ func TestQoS1FanOutExactlyOnce(t *testing.T) {
 // messages for ever).
 func TestReceiveMaximumHonoured(t *testing.T) {
 	const n, recvMax = 300, 2
-	b := brokertest.Run(t, nil)
+	b := runLoad(t, nil)
 	sub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
 	rm := uint16(recvMax)
 	sub.Connect("rm2", func(pk *packets.Packet) { pk.Properties.ReceiveMaximum = rm })
@@ -159,7 +170,7 @@ func TestReceiveMaximumHonoured(t *testing.T) {
 // got 45 of 600 messages from plain mochi.
 func TestSlowHandlerWithSmallReceiveMaximumGetsAll(t *testing.T) {
 	const n = 600
-	b := brokertest.Run(t, nil)
+	b := runLoad(t, nil)
 	for _, ep := range endpoints(b) {
 		in := newInbox()
 		sub := connectPaho(t, ep, "slow-"+ep.network, in, pahoOpts{receiveMax: 10, onPublish: func(*paho.Publish) { time.Sleep(time.Millisecond) }})
@@ -178,7 +189,7 @@ func TestBlockPolicyLosesNothing(t *testing.T) {
 	for _, qos := range []byte{0, 1} {
 		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
 			const pubs, n = 4, 2000
-			b := brokertest.Run(t, func(c *broker.Config) {
+			b := runLoad(t, func(c *broker.Config) {
 				c.Limits.MaxQueuedMessages = 16
 				c.SlowSubscriber.Policy = broker.PolicyBlock
 			})
@@ -210,13 +221,13 @@ func TestDropPolicyCountsEveryLoss(t *testing.T) {
 		recvMax uint16                                   // the slow subscriber's Receive Maximum
 		stall   func(c *mqtttest.Client) (resume func()) // how it falls behind
 	}{
-		{"not acknowledging", 16, 1, func(*mqtttest.Client) func() { return func() {} }},
+		{"not acknowledging", 0, 1, func(*mqtttest.Client) func() { return func() {} }},
 		{"not reading", 4096, 1000, func(c *mqtttest.Client) func() { c.PauseReading(); return c.ResumeReading }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			const n = 1000
-			b := brokertest.Run(t, func(c *broker.Config) {
+			b := runLoad(t, func(c *broker.Config) {
 				c.Limits.MaxQueuedMessages = 16
 				c.SlowSubscriber.Policy = broker.PolicyDrop
 			})
@@ -230,9 +241,8 @@ func TestDropPolicyCountsEveryLoss(t *testing.T) {
 
 			pub := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
 			pub.Connect("pub", nil)
-			body := make([]byte, tc.size)
 			for i := range n {
-				copy(body, payload(0, i))
+				body := []byte(envSized(loadSource, fmt.Sprintf("p0-%06d", i), tc.size))
 				if ack := pub.Publish("drop/x", body, 1, false); ack.ReasonCode != 0 {
 					t.Fatalf("publish %d: reason %#x", i, ack.ReasonCode)
 				}
@@ -316,7 +326,7 @@ func recvAll(t *testing.T, c *mqtttest.Client, n, recvMax int) (maxOut, dups int
 // client returns, within the Receive Maximum of the new connection.
 func TestPersistentSessionRedeliversWithinReceiveMaximum(t *testing.T) {
 	const n = 60
-	b := brokertest.Run(t, nil)
+	b := runLoad(t, nil)
 	persistent := func(recvMax uint16) func(*packets.Packet) {
 		return func(pk *packets.Packet) {
 			pk.Connect.Clean = false

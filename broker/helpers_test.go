@@ -3,9 +3,11 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -145,19 +147,44 @@ func subscribe(t testing.TB, c *paho.Client, filter string, qos byte) {
 	}
 }
 
-func publish(t testing.TB, c *paho.Client, topic, payload string, qos byte, retain bool) *paho.PublishResponse {
+// publish publishes an envelope from source carrying text.
+func publish(t testing.TB, c *paho.Client, source, topic, text string, qos byte, retain bool) *paho.PublishResponse {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	r, err := c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(payload), QoS: qos, Retain: retain})
+	r, err := c.Publish(ctx, &paho.Publish{Topic: topic, Payload: []byte(envFrom(source, text)), QoS: qos, Retain: retain})
 	if err != nil {
 		t.Fatalf("publish %s: %v", topic, err)
 	}
 	return r
 }
 
-// payload numbers messages so the receiver can find gaps and duplicates.
-func payload(sender, i int) string { return fmt.Sprintf("p%d-%06d", sender, i) }
+// envFrom returns a valid envelope from source whose data is {"text": text};
+// the same arguments give the same bytes.
+func envFrom(source, text string) string {
+	return envSized(source, text, 0)
+}
+
+// envSized is envFrom padded to about size bytes.
+func envSized(source, text string, size int) string {
+	data := map[string]string{"text": text}
+	if pad := size - 120 - len(text); pad > 0 {
+		data["pad"] = strings.Repeat("x", pad)
+	}
+	b, err := json.Marshal(map[string]any{"id": "id-" + text, "type": "test.message", "ts": 1729123456.5, "source": source, "data": data})
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// loadSource is the source of load test messages; load tests turn
+// contract.bind_source off so every publisher may use it.
+const loadSource = "load"
+
+// payload is message i of sender, numbered so the receiver can find gaps and
+// duplicates.
+func payload(sender, i int) string { return envFrom(loadSource, fmt.Sprintf("p%d-%06d", sender, i)) }
 
 // wsDialConn opens an MQTT WebSocket with the given Origin header ("" for none).
 func wsDialConn(address, origin string) (*websocket.Conn, error) {

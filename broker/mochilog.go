@@ -3,8 +3,9 @@ package broker
 import (
 	"context"
 	"log/slog"
-	"sync"
 	"time"
+
+	"github.com/tarsmq/tarsmq/internal/lograte"
 )
 
 // mochiLog adapts our logger for mochi: its Info lines (hooks added, listener
@@ -14,14 +15,11 @@ import (
 // some faults once per packet.
 type mochiLog struct {
 	slog.Handler
-	limit *warnLimiter
+	limit *lograte.Limiter
 }
 
 func newMochiLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(&mochiLog{
-		Handler: log.Handler(),
-		limit:   &warnLimiter{window: 10 * time.Second, seen: map[string]*warnState{}},
-	})
+	return slog.New(&mochiLog{Handler: log.Handler(), limit: lograte.New(10 * time.Second)})
 }
 
 func (h *mochiLog) Enabled(ctx context.Context, l slog.Level) bool {
@@ -30,7 +28,7 @@ func (h *mochiLog) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (h *mochiLog) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level >= slog.LevelWarn {
-		suppressed, ok := h.limit.allow(r.Message, r.Time)
+		suppressed, ok := h.limit.Allow(r.Message, r.Time)
 		if !ok {
 			return nil
 		}
@@ -55,38 +53,4 @@ func demote(l slog.Level) slog.Level {
 		return slog.LevelDebug
 	}
 	return l
-}
-
-// warnLimiter lets each message through once per window.
-type warnLimiter struct {
-	window time.Duration
-	mu     sync.Mutex
-	seen   map[string]*warnState
-}
-
-type warnState struct {
-	last       time.Time
-	suppressed int
-}
-
-// allow reports whether msg may be logged now, and how many were suppressed
-// since it last was.
-func (w *warnLimiter) allow(msg string, now time.Time) (int, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.seen[msg]
-	if s == nil {
-		if len(w.seen) > 1000 { // mochi's messages are constants; bound it anyway
-			clear(w.seen)
-		}
-		s = &warnState{}
-		w.seen[msg] = s
-	}
-	if !s.last.IsZero() && now.Sub(s.last) < w.window {
-		s.suppressed++
-		return 0, false
-	}
-	n := s.suppressed
-	s.last, s.suppressed = now, 0
-	return n, true
 }

@@ -132,10 +132,10 @@ func (s *server) log() string {
 	return s.stderr.String()
 }
 
-// roundTrip runs mosquitto_sub for one message and publishes with
-// mosquitto_pub until the subscriber has it (it may not have subscribed yet
-// when the first publish goes out).
-func roundTrip(t *testing.T, conn []string, topic, msg string) {
+// roundTrip runs mosquitto_sub for one message and publishes an envelope
+// from client id "cli" with mosquitto_pub until the subscriber has it (it may
+// not have subscribed yet when the first publish goes out).
+func roundTrip(t *testing.T, conn []string, topic, text string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
@@ -147,8 +147,9 @@ func roundTrip(t *testing.T, conn []string, topic, msg string) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- sub.Wait() }()
+	msg := fmt.Sprintf(`{"id":"cli-1","type":"cli.test","ts":1729123456.5,"source":"cli","data":{"text":%q}}`, text)
 	for {
-		pub := exec.CommandContext(ctx, "mosquitto_pub", append(conn, "-t", topic, "-m", msg, "-q", "1")...)
+		pub := exec.CommandContext(ctx, "mosquitto_pub", append(conn, "-i", "cli", "-t", topic, "-m", msg, "-q", "1")...)
 		if b, err := pub.CombinedOutput(); err != nil {
 			t.Fatalf("mosquitto_pub %v: %v %s", conn, err, b)
 		}
@@ -173,6 +174,12 @@ func TestServeWithMosquittoClientsAndSIGTERM(t *testing.T) {
 	for _, v := range []string{"mqttv311", "mqttv5"} {
 		roundTrip(t, []string{"-V", v, "-h", host, "-p", port}, "tcp/"+v, "over tcp "+v)
 		roundTrip(t, []string{"-V", v, "--unix", s.socket}, "unix/"+v, "over the socket "+v)
+	}
+	// A plain text message breaks the envelope contract: an MQTT 5
+	// publisher is told why.
+	out, _ := exec.Command("mosquitto_pub", "-V", "mqttv5", "-h", host, "-p", port, "-i", "cli", "-t", "tcp/plain", "-m", "hello", "-q", "1", "-d").CombinedOutput()
+	if !strings.Contains(string(out), "RC:153") || !strings.Contains(string(out), "not valid JSON") {
+		t.Errorf("plain text publish was not refused with 0x99 and a reason:\n%s", out)
 	}
 
 	if strings.Count(s.log(), `"msg":"listening"`) != 2 {

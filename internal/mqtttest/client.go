@@ -112,6 +112,26 @@ func (c *Client) Publish(topic string, payload []byte, qos byte, retain bool) pa
 	return packets.Packet{}
 }
 
+// PublishQoS2 publishes at QoS 2 and returns the PUBREC. A successful
+// PUBREC (reason below 0x80) is answered with PUBREL, and the PUBCOMP
+// awaited, so the flow is complete when it returns.
+func (c *Client) PublishQoS2(topic string, payload []byte, retain bool) packets.Packet {
+	c.t.Helper()
+	id := c.id()
+	c.Send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Retain: retain},
+		TopicName:   topic,
+		Payload:     payload,
+		PacketID:    id,
+	})
+	rec := c.Expect(packets.Pubrec, id)
+	if rec.ReasonCode < 0x80 {
+		c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: id})
+		c.Expect(packets.Pubcomp, id)
+	}
+	return rec
+}
+
 // Ack acknowledges a received QoS 1 PUBLISH.
 func (c *Client) Ack(pk packets.Packet) {
 	c.t.Helper()
@@ -124,6 +144,10 @@ func (c *Client) Disconnect() {
 	_ = c.TrySend(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
 	_ = c.conn.Close()
 }
+
+// Kill closes the connection without DISCONNECT, as a crash would: the
+// broker sends the client's will.
+func (c *Client) Kill() { _ = c.conn.Close() }
 
 func (c *Client) id() uint16 {
 	c.wmu.Lock()

@@ -1,0 +1,305 @@
+// Package contract is the broker hook that keeps the bus honest: every
+// PUBLISH on a contract topic must carry a valid envelope (package
+// envelope), of the type and data schema its topic's rule asks for, from
+// the service it claims to come from.
+//
+// A rejected message never reaches a subscriber and is never retained. An
+// MQTT 5 publisher at QoS 1 or 2 gets a PUBACK (or PUBREC) with reason code
+// 0x99 "payload format invalid" (0x87 "not authorized" for a source that
+// names another service) and a reason string naming the field. MQTT 3.1.1
+// has no reason codes, so a 3.1.1 publisher, like an MQTT 5 one at QoS 0, is
+// acknowledged as usual and its message is dropped: no redelivery loop, no
+// hung client.
+package contract
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/tarsmq/tarsmq/envelope"
+	"github.com/tarsmq/tarsmq/internal/lograte"
+	"github.com/tarsmq/tarsmq/internal/topic"
+)
+
+// Publisher publishes a message from the broker itself (mochi's
+// Server.Publish with the inline client on).
+type Publisher interface {
+	Publish(topic string, payload []byte, retain bool, qos byte) error
+}
+
+// RejectedTopicPrefix is where rejections are republished when configured:
+// system/contract/rejected/{client}.
+const RejectedTopicPrefix = "system/contract/rejected/"
+
+// TypeRejected is the envelope type of a republished rejection.
+const TypeRejected = "contract.rejected"
+
+// Reason codes of the PUBACK/PUBREC sent to an MQTT 5 publisher.
+var (
+	CodeInvalid      = packets.ErrPayloadFormatInvalid.Code // 0x99
+	CodeUnauthorized = packets.ErrNotAuthorized.Code        // 0x87
+)
+
+// maxReasonLen bounds the reason string sent back to a publisher.
+const maxReasonLen = 256
+
+// Hook enforces the contract. Create it with New and add it to the broker
+// with Server.AddHook(hook, Config{...}).
+type Hook struct {
+	mqtt.HookBase
+	cfg     Config
+	rules   []compiledRule
+	pub     Publisher
+	limiter *lograte.Limiter
+	stats   stats
+
+	notify chan Rejection // to the republisher, when Republish is on
+	done   chan struct{}
+	wg     sync.WaitGroup
+}
+
+// New returns a Hook that logs to log and republishes rejections through
+// pub (may be nil when Republish is off).
+func New(log *slog.Logger, pub Publisher) *Hook {
+	h := &Hook{pub: pub, limiter: lograte.New(10 * time.Second)}
+	h.Log = log
+	h.stats.byClient = make(map[string]map[envelope.Rule]uint64)
+	return h
+}
+
+// ID names the hook.
+func (h *Hook) ID() string { return "envelope-contract" }
+
+// Provides says the hook handles OnPublish, and OnConnect for wills.
+func (h *Hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPublish}, []byte{b})
+}
+
+// SetOpts keeps the hook's own logger rather than mochi's.
+func (h *Hook) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { h.Opts = opts }
+
+// Init takes the hook's Config.
+func (h *Hook) Init(config any) error {
+	cfg, ok := config.(Config)
+	if !ok {
+		return fmt.Errorf("contract: %w: want contract.Config, got %T", mqtt.ErrInvalidConfigType, config)
+	}
+	rules, err := cfg.compile()
+	if err != nil {
+		return err
+	}
+	if cfg.Republish && h.pub == nil {
+		return errors.New("contract: republish is on but there is no publisher")
+	}
+	h.cfg, h.rules = cfg, rules
+	if cfg.Republish {
+		h.notify = make(chan Rejection, 256)
+		h.done = make(chan struct{})
+		h.wg.Add(1)
+		go h.republish()
+	}
+	return nil
+}
+
+// Stop ends the republisher.
+func (h *Hook) Stop() error {
+	if h.done != nil {
+		close(h.done)
+		h.wg.Wait()
+		h.done = nil
+	}
+	return nil
+}
+
+// OnConnect checks the client's will, which mochi publishes at disconnect
+// without OnPublish: a will that breaks the contract is removed, so it is
+// never sent, and the rejection counted and logged.
+func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if !pk.Connect.WillFlag || h.exempt(pk.Connect.WillTopic) {
+		return nil
+	}
+	will := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: pk.Connect.WillQos, Retain: pk.Connect.WillRetain},
+		TopicName:   pk.Connect.WillTopic,
+		Payload:     pk.Connect.WillPayload,
+	}
+	if err := h.check(cl, will); err != nil {
+		h.record(cl, will, err, "will")
+		if h.cfg.Enforce {
+			cl.Properties.Will = mqtt.Will{}
+		}
+	}
+	return nil
+}
+
+// OnPublish checks a client's PUBLISH; the broker's own are trusted.
+func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline || h.exempt(pk.TopicName) {
+		return pk, nil
+	}
+	err := h.check(cl, pk)
+	if err == nil {
+		return pk, nil
+	}
+	h.record(cl, pk, err, "message")
+	if !h.cfg.Enforce {
+		return pk, nil
+	}
+	if cl.Properties.ProtocolVersion < 5 || pk.FixedHeader.Qos == 0 {
+		// Acknowledged as usual (a 3.1.1 QoS 1 PUBACK, the QoS 2 flow),
+		// neither delivered nor retained.
+		return pk, packets.CodeSuccessIgnore
+	}
+	// MQTT 5 at QoS 1/2: answer with the reason ourselves, then have mochi
+	// drop the packet without an ack of its own. (mochi would send a PUBACK
+	// even for QoS 2, and log the rejection as an error with its payload.)
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    pk.PacketID,
+		ReasonCode:  CodeInvalid,
+		Properties:  packets.Properties{ReasonString: truncate(err.Error(), maxReasonLen)},
+	}
+	if pk.FixedHeader.Qos == 2 {
+		ack.FixedHeader.Type = packets.Pubrec
+	}
+	if err.Rule == envelope.RuleIdentity {
+		ack.ReasonCode = CodeUnauthorized
+	}
+	_ = cl.WritePacket(ack)
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *Hook) exempt(name string) bool {
+	if strings.HasPrefix(name, "$") {
+		return true
+	}
+	for _, f := range h.cfg.Exempt {
+		if topic.Match(f, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// check applies the contract to one message.
+func (h *Hook) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
+	if len(pk.Payload) == 0 && pk.FixedHeader.Retain {
+		// An empty retained message clears the topic's retained one (and
+		// is delivered empty, as MQTT says); a health topic only by its own
+		// service.
+		if name, ok := envelope.HealthService(pk.TopicName); ok && !isClient(cl, name) {
+			return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
+				Detail: fmt.Sprintf("client %s may not clear the health of %q", identities(cl), name)}
+		}
+		return nil
+	}
+	f, err := envelope.Check(pk.Payload, int(h.cfg.MaxSize))
+	if err != nil {
+		var e *envelope.Error
+		errors.As(err, &e)
+		return e
+	}
+	if name, ok := envelope.HealthService(pk.TopicName); ok {
+		if err := checkHealth(cl, &f, name); err != nil {
+			return err
+		}
+	} else if h.cfg.BindSource && !sourceIsClient(cl, &f) {
+		return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
+			Detail: fmt.Sprintf("%q is not this client (%s); a service publishes under its own name", f.SourceString(), identities(cl))}
+	}
+	for _, r := range h.rules {
+		if !topic.Match(r.filter, pk.TopicName) {
+			continue
+		}
+		if r.typ != "" && !f.TypeIs(r.typ) {
+			return &envelope.Error{Field: "type", Rule: envelope.RuleTypeNotHere,
+				Detail: fmt.Sprintf("%q is not allowed on %s, which takes %q", f.TypeString(), pk.TopicName, r.typ)}
+		}
+		if r.schema != nil {
+			if err := validateSchema(r.schema, f.Data); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkHealth: on system/health/{name} the type is health.status, the data
+// is health data, and topic, source and client all name the same service.
+func checkHealth(cl *mqtt.Client, f *envelope.Fields, name string) *envelope.Error {
+	if !f.TypeIs(envelope.TypeHealth) {
+		return &envelope.Error{Field: "type", Rule: envelope.RuleTypeNotHere,
+			Detail: fmt.Sprintf("%q is not allowed on health topics, which take %q", f.TypeString(), envelope.TypeHealth)}
+	}
+	if !f.SourceIs(name) {
+		return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
+			Detail: fmt.Sprintf("%q does not match the topic's service %q", f.SourceString(), name)}
+	}
+	if !sourceIsClient(cl, f) {
+		return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
+			Detail: fmt.Sprintf("client %s may not publish the health of %q", identities(cl), name)}
+	}
+	if _, err := envelope.ParseHealth(f.Data); err != nil {
+		var e *envelope.Error
+		errors.As(err, &e)
+		return e
+	}
+	return nil
+}
+
+// sourceIsClient reports whether the envelope's source is the publisher's
+// client id or username.
+func sourceIsClient(cl *mqtt.Client, f *envelope.Fields) bool {
+	return f.SourceIs(cl.ID) || (len(cl.Properties.Username) > 0 && f.SourceIs(string(cl.Properties.Username)))
+}
+
+// isClient reports whether name is the client's id or username.
+func isClient(cl *mqtt.Client, name string) bool {
+	return name == cl.ID || (len(cl.Properties.Username) > 0 && name == string(cl.Properties.Username))
+}
+
+func identities(cl *mqtt.Client) string {
+	if len(cl.Properties.Username) > 0 && string(cl.Properties.Username) != cl.ID {
+		return fmt.Sprintf("%q, user %q", cl.ID, cl.Properties.Username)
+	}
+	return fmt.Sprintf("%q", cl.ID)
+}
+
+// validateSchema checks data against a rule's schema.
+func validateSchema(sch *jsonschema.Schema, data []byte) *envelope.Error {
+	v, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err == nil {
+		err = sch.Validate(v)
+	}
+	if err == nil {
+		return nil
+	}
+	var ve *jsonschema.ValidationError
+	if errors.As(err, &ve) {
+		for len(ve.Causes) > 0 { // the first leaf says what is wrong, and where
+			ve = ve.Causes[0]
+		}
+		return &envelope.Error{Field: "data", Rule: envelope.RuleSchema, Detail: "does not match the topic's schema: " + ve.Error()}
+	}
+	return &envelope.Error{Field: "data", Rule: envelope.RuleSchema, Detail: err.Error()}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && s[cut]&0xc0 == 0x80 { // do not split a UTF-8 sequence
+		cut--
+	}
+	return s[:cut] + "…"
+}
