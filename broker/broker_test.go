@@ -165,17 +165,7 @@ func TestSecondBrokerDoesNotStealLiveSocket(t *testing.T) {
 	first := brokertest.Run(t, nil)
 	cfg := brokertest.Config(t)
 	cfg.Listeners.Unix.Path = first.SocketPath()
-	second, err := broker.New(cfg, brokertest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = second.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "in use by another tarsmq") {
-		t.Fatalf("second broker on a live socket: got %v, want refusal naming the other tarsmq", err)
-	}
-	if err := second.Close(context.Background()); err != nil {
-		t.Fatalf("close after failed start: %v", err)
-	}
+	startFails(t, cfg, "in use by another tarsmq")
 	// The first still serves its socket.
 	c := mqtttest.Dial(t, "unix", first.SocketPath(), mqtttest.V5)
 	if ack := c.Connect("still-there", nil); ack.ReasonCode != 0 {
@@ -205,28 +195,14 @@ func TestSocketPathChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer ln.Close()
-		b, err := broker.New(cfg, brokertest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close(context.Background())
-		if err := b.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "another server is listening") {
-			t.Fatalf("got %v", err)
-		}
+		startFails(t, cfg, "another server is listening")
 	})
 	t.Run("regular file kept", func(t *testing.T) {
 		cfg := brokertest.Config(t)
 		if err := os.WriteFile(cfg.Listeners.Unix.Path, []byte("data"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		b, err := broker.New(cfg, brokertest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close(context.Background())
-		if err := b.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "not a socket") {
-			t.Fatalf("got %v", err)
-		}
+		startFails(t, cfg, "not a socket")
 		if data, _ := os.ReadFile(cfg.Listeners.Unix.Path); string(data) != "data" {
 			t.Fatal("the regular file was touched")
 		}
@@ -241,26 +217,13 @@ func TestSocketPathChecks(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg.Listeners.Unix.Path = filepath.Join(dir, "mq.sock")
-		b, err := broker.New(cfg, brokertest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close(context.Background())
-		if err := b.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "writable by everyone") {
-			t.Fatalf("got %v", err)
-		}
+		startFails(t, cfg, "writable by everyone")
 	})
 }
 
 func TestCloseIsIdempotentAndRemovesSocket(t *testing.T) {
 	cfg := brokertest.Config(t)
-	b, err := broker.New(cfg, brokertest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	b := brokertest.Start(t, cfg, brokertest.Logger()) // its cleanup closes once more
 	c := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
 	c.Connect("bye", nil)
 
@@ -327,15 +290,7 @@ func TestPortInUseNamesTheKey(t *testing.T) {
 	first := brokertest.Run(t, nil)
 	cfg := brokertest.Config(t)
 	cfg.Listeners.TCP.Address = first.Addr().String()
-	b, err := broker.New(cfg, brokertest.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close(context.Background())
-	err = b.Start(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "listeners.tcp.address") || !strings.Contains(err.Error(), "address already in use") {
-		t.Fatalf("got %v", err)
-	}
+	startFails(t, cfg, "listeners.tcp.address", "address already in use")
 	// Nothing of the failed start stays bound: its socket path is free.
 	if _, err := os.Lstat(cfg.Listeners.Unix.Path); !os.IsNotExist(err) {
 		t.Fatalf("failed start left its socket: %v", err)
@@ -347,14 +302,7 @@ func TestPortInUseNamesTheKey(t *testing.T) {
 // Clients.Delete).
 func TestCloseWhileClientsDisconnect(t *testing.T) {
 	for range 4 * runs() {
-		cfg := brokertest.Config(t)
-		b, err := broker.New(cfg, brokertest.Logger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Start(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		b := brokertest.Run(t, nil)
 		var clients []*mqtttest.Client
 		for i := range 32 {
 			c := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
@@ -365,7 +313,7 @@ func TestCloseWhileClientsDisconnect(t *testing.T) {
 			go c.Disconnect()
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = b.Close(ctx)
+		err := b.Close(ctx)
 		cancel()
 		if err != nil {
 			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
@@ -413,5 +361,24 @@ func TestRetainedMessagesDoNotExpire(t *testing.T) {
 	}
 	if extra, err := sub.Next(packets.Publish, 0, 200*time.Millisecond); err == nil {
 		t.Fatalf("expired message delivered: %s", extra.TopicName)
+	}
+}
+
+// startFails checks that a broker with cfg refuses to start with an error
+// containing every one of want, and that Close after the failed Start works.
+func startFails(t *testing.T, cfg broker.Config, want ...string) {
+	t.Helper()
+	b, err := broker.New(cfg, brokertest.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Start(context.Background())
+	for _, w := range want {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Fatalf("Start: got %v, want an error saying %q", err, w)
+		}
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatalf("Close after a failed Start: %v", err)
 	}
 }

@@ -2,7 +2,6 @@ package contract_test
 
 import (
 	"bufio"
-	"bytes"
 	"net"
 	"testing"
 	"time"
@@ -11,25 +10,16 @@ import (
 
 	"github.com/tarsmq/tarsmq/broker"
 	"github.com/tarsmq/tarsmq/internal/brokertest"
+	"github.com/tarsmq/tarsmq/internal/mqtttest"
 )
 
 func encodePacket(b *testing.B, pk packets.Packet) []byte {
 	b.Helper()
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	}
+	out, err := mqtttest.Encode(pk)
 	if err != nil {
 		b.Fatal(err)
 	}
-	return buf.Bytes()
+	return out
 }
 
 // rawConn connects with MQTT 3.1.1 and reads the CONNACK.

@@ -10,22 +10,17 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tarsmq/tarsmq/internal/mqtttest"
 )
 
 func encode(t *testing.T, pk packets.Packet) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	}
+	b, err := mqtttest.Encode(pk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return b
 }
 
 func testController(t *testing.T, cfg Config) *Controller {

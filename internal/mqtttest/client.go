@@ -170,11 +170,29 @@ func (c *Client) Send(pk packets.Packet) {
 // TrySend is Send returning the error.
 func (c *Client) TrySend(pk packets.Packet) error {
 	pk.ProtocolVersion = c.version
+	b, err := Encode(pk)
+	if err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err = c.conn.Write(b)
+	return err
+}
+
+// Encode encodes a packet a client sends (or, for tests of the broker's
+// writer, a CONNACK), for pk.ProtocolVersion (0: 3.1.1).
+func Encode(pk packets.Packet) ([]byte, error) {
+	if pk.ProtocolVersion == 0 {
+		pk.ProtocolVersion = V311
+	}
 	var buf bytes.Buffer
 	var err error
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectEncode(&buf)
+	case packets.Connack:
+		err = pk.ConnackEncode(&buf)
 	case packets.Publish:
 		err = pk.PublishEncode(&buf)
 	case packets.Puback:
@@ -194,15 +212,9 @@ func (c *Client) TrySend(pk packets.Packet) error {
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
 	default:
-		err = fmt.Errorf("mqtttest cannot send packet type %d", pk.FixedHeader.Type)
+		err = fmt.Errorf("mqtttest cannot encode packet type %d", pk.FixedHeader.Type)
 	}
-	if err != nil {
-		return err
-	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err = c.conn.Write(buf.Bytes())
-	return err
+	return buf.Bytes(), err
 }
 
 // PauseReading stops taking bytes from the socket, as a stuck subscriber
