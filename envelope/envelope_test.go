@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -276,6 +277,18 @@ func TestParseHealthRules(t *testing.T) {
 	} {
 		if _, err := ParseHealth([]byte(in)); (err == nil) != ok {
 			t.Errorf("%s: %v", in, err)
+		}
+	}
+}
+
+// parseNumber's fast path must round exactly as strconv does.
+func TestParseNumberAgreesWithStrconv(t *testing.T) {
+	for _, s := range []string{"0", "-0", "0.1", "1729123456.789123", "1729123456.7891234", "9007199254740991",
+		"9007199254740993", "0.30000000000000004", "1e5", "-2.5E-3", "123456789012345678901234567890", "4.35",
+		"0.0000000000000000000001", "1.00000000000000000000001", "17291234567891234567"} {
+		want, _ := strconv.ParseFloat(s, 64)
+		if got := parseNumber([]byte(s)); got != want {
+			t.Errorf("parseNumber(%s) = %v, strconv says %v", s, got, want)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"strconv"
@@ -176,7 +177,7 @@ func check(b []byte, maxSize int, extra func(key, val []byte)) (f Fields, err er
 				end, serr = value(b, i, 1)
 				if serr == nil {
 					if b[i] == '-' || (b[i] >= '0' && b[i] <= '9') {
-						f.TS, _ = strconv.ParseFloat(string(b[i:end]), 64)
+						f.TS = parseNumber(b[i:end])
 					} else if fieldErr == nil {
 						fieldErr = errField("ts", RuleWrongType, "must be a JSON number of Unix seconds, got a %s", kind(b[i]))
 					}
@@ -294,7 +295,7 @@ func checkValues(f *Fields) error {
 }
 
 // checkText requires a non-empty string of at most max bytes without
-// control characters.
+// control characters. (str has refused raw ones below 0x20 already.)
 func checkText[S ~string | ~[]byte](name string, s S, escaped bool, max int) *Error {
 	if escaped {
 		s = S(unescape(nil, []byte(s)))
@@ -342,6 +343,47 @@ func checkType[S ~string | ~[]byte](s S) *Error {
 		prevDot = false
 	}
 	return nil
+}
+
+// pow10 holds the powers of ten a float64 represents exactly.
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// parseNumber reads a checked JSON number. The usual ts (digits below 2^53,
+// no exponent) is computed directly: both the digits and the power of ten
+// are exact in a float64, so one division rounds correctly, as strconv
+// would (Clinger's fast path). Anything else goes to strconv.
+func parseNumber(b []byte) float64 {
+	var m uint64
+	digits, frac, neg := 0, -1, false
+	for i, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			m = m*10 + uint64(c-'0')
+			digits++
+			if frac >= 0 {
+				frac++
+			}
+		case c == '.':
+			frac = 0
+		case c == '-' && i == 0:
+			neg = true
+		default: // an exponent
+			digits = 99
+		}
+	}
+	if digits > 19 || m >= 1<<53 || frac >= len(pow10) {
+		f, _ := strconv.ParseFloat(string(b), 64) // overflow gives ±Inf, which checkTS refuses
+		return f
+	}
+	f := float64(m)
+	if frac > 0 {
+		f /= pow10[frac]
+	}
+	if neg {
+		f = -f
+	}
+	return f
 }
 
 func checkTS(ts float64) *Error {
@@ -490,13 +532,43 @@ func number(b []byte, i int) (int, *Error) {
 	return i, nil
 }
 
+// plain marks the bytes a JSON string holds as they are: printable ASCII but
+// '"' and '\\'.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// special reports whether any of the 8 bytes in w is not plain: below 0x20,
+// 0x80 or above, '"' or '\\'. (A false positive only costs the slow path.)
+func special(w uint64) bool {
+	q, bs := w^('"'*lsb), w^('\\'*lsb) // zero bytes where w has '"' or '\\'
+	return ((w-0x20*lsb)&^w|(q-lsb)&^q|(bs-lsb)&^bs|w)&msb != 0
+}
+
 // str skips the JSON string starting at the quote b[i]: valid escapes, valid
 // UTF-8, no raw control characters. It returns the index after the closing
 // quote and whether the string holds escapes.
 func str(b []byte, i int) (end int, escaped bool, err *Error) {
-	for j := i + 1; j < len(b); {
-		c := b[j]
-		switch {
+	j := i + 1
+	for {
+		for j+8 <= len(b) && !special(binary.LittleEndian.Uint64(b[j:])) {
+			j += 8
+		}
+		for j < len(b) && plain[b[j]] {
+			j++
+		}
+		if j >= len(b) {
+			return len(b), escaped, errSyntax(b, len(b), "unterminated string")
+		}
+		switch c := b[j]; {
 		case c == '"':
 			return j + 1, escaped, nil
 		case c == '\\':
@@ -517,8 +589,6 @@ func str(b []byte, i int) (end int, escaped bool, err *Error) {
 			}
 		case c < 0x20:
 			return j, escaped, errSyntax(b, j, "control character in a string")
-		case c < utf8.RuneSelf:
-			j++
 		default:
 			r, size := utf8.DecodeRune(b[j:])
 			if r == utf8.RuneError && size == 1 {
@@ -527,7 +597,6 @@ func str(b []byte, i int) (end int, escaped bool, err *Error) {
 			j += size
 		}
 	}
-	return len(b), escaped, errSyntax(b, len(b), "unterminated string")
 }
 
 func isHex(c byte) bool {
