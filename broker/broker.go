@@ -1,10 +1,13 @@
 // Package broker runs the embedded MQTT 3.1.1/5.0 broker (mochi-mqtt) on a
-// Unix socket, loopback TCP and optionally WebSocket. It owns the listeners,
-// the broker's lifecycle and its flow control, so that mochi's faults under
-// load (see package internal/flow) never reach a client.
+// Unix socket, loopback TCP and optionally WebSocket, with everything that
+// stands around it: flow control (so mochi's faults under load, see package
+// internal/flow, never reach a client), the envelope contract, the store
+// that keeps retained messages, sessions and health across restarts, the
+// health recorder, and the admin HTTP API.
 //
-// Lifecycle: New validates the Config, Start binds every listener before it
-// returns, Close disconnects clients and may be called any number of times.
+// Lifecycle: New validates the Config, Start opens the store and binds every
+// listener before it returns, Close disconnects clients and may be called
+// any number of times.
 package broker
 
 import (
@@ -13,15 +16,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync/atomic"
-	"syscall"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tarsmq/tarsmq/hooks/contract"
+	"github.com/tarsmq/tarsmq/hooks/health"
+	"github.com/tarsmq/tarsmq/hooks/persist"
+	"github.com/tarsmq/tarsmq/internal/bootid"
 	"github.com/tarsmq/tarsmq/internal/flow"
+	"github.com/tarsmq/tarsmq/store"
 )
 
 // sysTopicInterval is how often, in seconds, mochi refreshes $SYS topics;
@@ -35,6 +42,14 @@ type Broker struct {
 	srv      *mqtt.Server
 	flow     *flow.Controller
 	contract *contract.Hook
+	st       *store.Store
+	persist  *persist.Hook
+	health   *health.Hook
+	bootID   func() string
+
+	admin     *http.Server
+	adminLn   net.Listener
+	adminAddr string
 
 	started   atomic.Bool
 	closing   atomic.Bool
@@ -46,9 +61,22 @@ type Broker struct {
 	sockPath  string
 }
 
-// New validates cfg and builds a broker that logs to log. It binds nothing
-// until Start.
-func New(cfg Config, log *slog.Logger) (*Broker, error) {
+// Option changes how New builds a broker.
+type Option func(*Broker)
+
+// WithBootID replaces the boot id source (/proc/sys/kernel/random/boot_id),
+// for tests.
+func WithBootID(f func() string) Option { return func(b *Broker) { b.bootID = f } }
+
+// Health recorder timing.
+const (
+	lastSeenFlush = 5 * time.Second // heartbeats' last-seen times wait this long in memory at most
+	offlineGrace  = time.Second     // a client back within this is not marked offline
+)
+
+// New validates cfg and builds a broker that logs to log. It opens and binds
+// nothing until Start.
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid broker config:\n%w", err)
 	}
@@ -75,8 +103,15 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 		srv:      srv,
 		flow:     flow.New(srv, log.With("component", "flow")),
 		contract: contract.New(log.With("component", "contract"), srv),
+		st:       store.New(cfg.Store, log.With("component", "store")),
+		bootID:   bootid.Read,
 		closed:   make(chan struct{}),
 	}
+	for _, o := range opts {
+		o(b)
+	}
+	b.persist = persist.New(b.st, log.With("component", "persist"))
+	b.health = health.New(b.st, srv, log.With("component", "health"))
 	// Anyone who can reach a listener may connect, publish and subscribe:
 	// the listeners are local by default.
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
@@ -98,6 +133,7 @@ func New(cfg Config, log *slog.Logger) (*Broker, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("add flow control hook: %w", err)
 	}
+	b.flow.OnDropInflight = b.persist.DeleteInflight
 	return b, nil
 }
 
@@ -110,8 +146,9 @@ func (b *Broker) AddHook(h mqtt.Hook, config any) error {
 	return b.srv.AddHook(h, config)
 }
 
-// Start binds every configured listener, then serves them in the background.
-// When it returns nil, Addr, SocketPath and WebSocketAddr are usable.
+// Start opens the store, binds every configured listener, restores what the
+// store kept, then serves in the background. When it returns nil, Addr,
+// SocketPath, WebSocketAddr and AdminAddr are usable.
 func (b *Broker) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -122,106 +159,55 @@ func (b *Broker) Start(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("broker: already started")
 	}
-	if err := b.bind(); err != nil {
+	if err := b.start(); err != nil {
 		b.closeListeners()
-		return err
-	}
-	for _, l := range b.listeners {
-		if err := b.srv.AddListener(l); err != nil {
-			b.closeListeners()
-			return fmt.Errorf("add listener %s: %w", l.id, err)
+		if b.admin != nil {
+			_ = b.admin.Close()
 		}
-	}
-	if err := b.srv.Serve(); err != nil {
-		b.closeListeners()
-		return fmt.Errorf("serve: %w", err)
+		return err
 	}
 	for _, l := range b.listeners {
 		b.log.Info("listening", "listener", l.id, "address", l.Address())
 	}
-	return nil
-}
-
-// bind opens the listeners in b.cfg. On error, those already bound are in
-// b.listeners for the caller to close.
-func (b *Broker) bind() error {
-	lc := b.cfg.Listeners
-	wrap := func(c net.Conn) net.Conn { return b.flow.Wrap(c) }
-	add := func(id string, ln net.Listener) *listener {
-		l := &listener{id: id, ln: ln, wrap: wrap, shutdown: b.disconnect, log: b.log, conns: map[net.Conn]struct{}{}}
-		b.listeners = append(b.listeners, l)
-		return l
+	if b.adminAddr != "" {
+		b.log.Info("listening", "listener", "admin", "address", b.adminAddr)
 	}
-	if lc.Unix.Path != "" {
-		mode, _ := ParseMode(lc.Unix.Mode) // validated
-		gid := -1
-		if lc.Unix.Group != "" {
-			g, err := lookupGroup(lc.Unix.Group)
-			if err != nil {
-				return fmt.Errorf("listeners.unix.group: %w", err)
-			}
-			gid = g
-		}
-		sock, err := listenUnix(lc.Unix.Path, mode, gid)
-		if err != nil {
-			return fmt.Errorf("listen on unix socket %s: %w", lc.Unix.Path, err)
-		}
-		l := add("unix", sock.ln)
-		l.addr, l.cleanup = sock.path, sock.Close
-		b.sockPath = sock.path
+	if r := b.st.Recovered(); r != nil && time.Since(r.At) < time.Minute {
+		b.log.Error("started with an empty store: the damaged one was kept", "kept_at", r.MovedTo, "reason", r.Reason)
 	}
-	if lc.TCP.Address != "" {
-		ln, err := listenTCP("listeners.tcp.address", lc.TCP.Address)
-		if err != nil {
-			return err
-		}
-		add("tcp", ln)
-		b.tcpAddr = ln.Addr()
-	}
-	if lc.WebSocket.Address != "" {
-		ln, err := listenTCP("listeners.websocket.address", lc.WebSocket.Address)
-		if err != nil {
-			return err
-		}
-		ws := newWebSocketServer(lc.WebSocket.AllowedOrigins, b.log)
-		l := add("ws", ln)
-		l.serve = func(establish func(net.Conn)) { ws.serve(ln, establish) }
-		l.cleanup = ws.close
-		b.wsAddr = ln.Addr()
+	if err := b.st.Started(); err != nil {
+		b.log.Warn("store: cannot clear the start marker", "error", err)
 	}
 	return nil
 }
 
-// disconnect ends one connection at shutdown: a logged-in client gets
-// DISCONNECT 0x8B (server shutting down) first.
-func (b *Broker) disconnect(c net.Conn) {
-	if fc, ok := c.(*flow.Conn); ok {
-		if cl := fc.Client(); cl != nil {
-			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
-			return
-		}
+func (b *Broker) start() error {
+	if err := b.st.Open(); err != nil {
+		return err
 	}
-	_ = c.Close()
-}
-
-// listenTCP binds addr, the value of the config key field.
-func listenTCP(field, addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
-	if errors.Is(err, syscall.EADDRINUSE) {
-		return nil, fmt.Errorf("listen on %s: %w; another program (another MQTT broker?) uses the port: stop it or change %s", addr, err, field)
+	if err := b.srv.AddHook(b.persist, nil); err != nil {
+		return fmt.Errorf("add persist hook: %w", err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s (%s): %w", addr, field, err)
+	if err := b.srv.AddHook(b.health, health.Config{FlushInterval: lastSeenFlush, OfflineGrace: offlineGrace, BootID: b.bootID}); err != nil {
+		return fmt.Errorf("add health hook: %w", err)
 	}
-	return ln, nil
-}
-
-// closeListeners closes listeners bound by a Start that failed.
-func (b *Broker) closeListeners() {
+	if err := b.bind(); err != nil {
+		return err
+	}
+	if err := b.bindAdmin(); err != nil {
+		return err
+	}
 	for _, l := range b.listeners {
-		l.Close(func(string) {})
+		if err := b.srv.AddListener(l); err != nil {
+			return fmt.Errorf("add listener %s: %w", l.id, err)
+		}
 	}
-	b.listeners = nil
+	if err := b.srv.Serve(); err != nil { // restores the store's state, then serves
+		return fmt.Errorf("serve: %w", err)
+	}
+	persist.RestoreExpiry(b.srv)
+	b.serveAdmin()
+	return nil
 }
 
 // Addr is the TCP listener's address (nil when TCP is off or before Start).
@@ -248,6 +234,12 @@ func (b *Broker) Server() *mqtt.Server { return b.srv }
 
 // Contract is the envelope contract hook, for its rejection counts.
 func (b *Broker) Contract() *contract.Hook { return b.contract }
+
+// Store is the broker's database.
+func (b *Broker) Store() *store.Store { return b.st }
+
+// Health is the health recorder.
+func (b *Broker) Health() *health.Hook { return b.health }
 
 // Dropped is how many messages for clientID the slow subscriber policy has
 // dropped since the broker started.
@@ -276,8 +268,14 @@ func (b *Broker) Close(ctx context.Context) error {
 func (b *Broker) shutdown() {
 	defer close(b.closed)
 	var errs []error
+	b.health.Shutdown()                   // the disconnects that follow are not services dying
 	if err := b.srv.Close(); err != nil { // closes listeners and clients, stops hooks
 		errs = append(errs, err)
+	}
+	if b.admin != nil {
+		if err := b.admin.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close admin listener: %w", err))
+		}
 	}
 	if b.started.Load() {
 		for _, l := range b.listeners {
@@ -287,6 +285,11 @@ func (b *Broker) shutdown() {
 		}
 	}
 	if err := b.flow.Stop(); err != nil {
+		errs = append(errs, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := b.st.Close(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/bytesize"
+	"github.com/tarsmq/tarsmq/store"
 )
 
 // Config is what the broker needs to run: where it listens and how it treats
@@ -23,6 +24,15 @@ type Config struct {
 	Limits         LimitsConfig         `yaml:"limits"`
 	SlowSubscriber SlowSubscriberConfig `yaml:"slow_subscriber"`
 	Contract       contract.Config      `yaml:"contract"`
+	Store          store.Config         `yaml:"store"`
+	Admin          AdminConfig          `yaml:"admin"`
+}
+
+// AdminConfig is the admin HTTP listener (/v1/health): a host:port, loopback
+// unless allow_remote, or the absolute path of a Unix socket; "" turns it off.
+type AdminConfig struct {
+	Address     string `yaml:"address" env:"TARSMQ_ADMIN_ADDRESS" env-description:"admin HTTP listener: host:port or a Unix socket path (empty: off)"`
+	AllowRemote bool   `yaml:"allow_remote" env:"TARSMQ_ADMIN_ALLOW_REMOTE" env-description:"allow a non-loopback admin address"`
 }
 
 // ListenersConfig holds the three listeners. An empty path or address turns a
@@ -98,6 +108,8 @@ func DefaultConfig() Config {
 			WriteTimeout: 30 * time.Second,
 		},
 		Contract: contract.DefaultConfig(),
+		Store:    store.DefaultConfig(),
+		Admin:    AdminConfig{Address: "127.0.0.1:9883"},
 	}
 }
 
@@ -171,6 +183,15 @@ func (c Config) Validate() error {
 	}
 	checkAddr("listeners.tcp.address", l.TCP.Address, l.TCP.AllowRemote)
 	checkAddr("listeners.websocket.address", l.WebSocket.Address, l.WebSocket.AllowRemote)
+	if a := c.Admin.Address; strings.HasPrefix(a, "/") {
+		if len(a) > maxSocketPath {
+			bad("admin.address", "%q is %d bytes; Linux allows %d for a socket path, choose a shorter one", a, len(a), maxSocketPath)
+		}
+	} else if a != "" && !strings.Contains(a, ":") {
+		bad("admin.address", "%q is neither host:port nor an absolute socket path; use e.g. 127.0.0.1:9883 or /run/tarsmq/admin.sock", a)
+	} else {
+		checkAddr("admin.address", a, c.Admin.AllowRemote)
+	}
 
 	lim := c.Limits
 	if lim.MaxPacketSize < 1<<10 || lim.MaxPacketSize > 256<<20 {
@@ -204,6 +225,9 @@ func (c Config) Validate() error {
 		bad("slow_subscriber.write_timeout", "%v is too short; use at least 1s, e.g. 30s", s.WriteTimeout)
 	}
 	if err := c.Contract.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Store.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

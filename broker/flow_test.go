@@ -73,7 +73,7 @@ func publishAll(t *testing.T, pubs []*paho.Client, topic string, n int, qos byte
 // checkExactlyOnce fails unless in holds every message of each sender once.
 func checkExactlyOnce(t *testing.T, in *inbox, senders, n int) {
 	t.Helper()
-	in.waitFor(t, senders*n, 30*time.Second)
+	in.waitFor(t, senders*n, 60*time.Second)
 	if d := in.duplicates(); len(d) > 0 {
 		t.Fatalf("%d messages delivered more than once, e.g. %s", len(d), d[0])
 	}
@@ -188,7 +188,7 @@ func TestSlowHandlerWithSmallReceiveMaximumGetsAll(t *testing.T) {
 func TestBlockPolicyLosesNothing(t *testing.T) {
 	for _, qos := range []byte{0, 1} {
 		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
-			const pubs, n = 4, 2000
+			const pubs, n = 4, 1000
 			b := runLoad(t, func(c *broker.Config) {
 				c.Limits.MaxQueuedMessages = 16
 				c.SlowSubscriber.Policy = broker.PolicyBlock

@@ -2,14 +2,19 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tarsmq/tarsmq/internal/flow"
 )
 
 // connectTimeout is how long a new connection may take to send CONNECT.
@@ -143,4 +148,86 @@ func (l *listener) Close(listeners.CloseFn) {
 // isDisconnect reports errors that only say the client went away.
 func isDisconnect(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// bind opens the listeners in b.cfg. On error, those already bound are in
+// b.listeners for the caller to close.
+func (b *Broker) bind() error {
+	lc := b.cfg.Listeners
+	wrap := func(c net.Conn) net.Conn { return b.flow.Wrap(c) }
+	add := func(id string, ln net.Listener) *listener {
+		l := &listener{id: id, ln: ln, wrap: wrap, shutdown: b.disconnect, log: b.log, conns: map[net.Conn]struct{}{}}
+		b.listeners = append(b.listeners, l)
+		return l
+	}
+	if lc.Unix.Path != "" {
+		mode, _ := ParseMode(lc.Unix.Mode) // validated
+		gid := -1
+		if lc.Unix.Group != "" {
+			g, err := lookupGroup(lc.Unix.Group)
+			if err != nil {
+				return fmt.Errorf("listeners.unix.group: %w", err)
+			}
+			gid = g
+		}
+		sock, err := listenUnix(lc.Unix.Path, mode, gid)
+		if err != nil {
+			return fmt.Errorf("listen on unix socket %s: %w", lc.Unix.Path, err)
+		}
+		l := add("unix", sock.ln)
+		l.addr, l.cleanup = sock.path, sock.Close
+		b.sockPath = sock.path
+	}
+	if lc.TCP.Address != "" {
+		ln, err := listenTCP("listeners.tcp.address", lc.TCP.Address)
+		if err != nil {
+			return err
+		}
+		add("tcp", ln)
+		b.tcpAddr = ln.Addr()
+	}
+	if lc.WebSocket.Address != "" {
+		ln, err := listenTCP("listeners.websocket.address", lc.WebSocket.Address)
+		if err != nil {
+			return err
+		}
+		ws := newWebSocketServer(lc.WebSocket.AllowedOrigins, b.log)
+		l := add("ws", ln)
+		l.serve = func(establish func(net.Conn)) { ws.serve(ln, establish) }
+		l.cleanup = ws.close
+		b.wsAddr = ln.Addr()
+	}
+	return nil
+}
+
+// disconnect ends one connection at shutdown: a logged-in client gets
+// DISCONNECT 0x8B (server shutting down) first.
+func (b *Broker) disconnect(c net.Conn) {
+	if fc, ok := c.(*flow.Conn); ok {
+		if cl := fc.Client(); cl != nil {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			return
+		}
+	}
+	_ = c.Close()
+}
+
+// listenTCP binds addr, the value of the config key field.
+func listenTCP(field, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("listen on %s: %w; another program (another MQTT broker?) uses the port: stop it or change %s", addr, err, field)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s (%s): %w", addr, field, err)
+	}
+	return ln, nil
+}
+
+// closeListeners closes listeners bound by a Start that failed.
+func (b *Broker) closeListeners() {
+	for _, l := range b.listeners {
+		l.Close(func(string) {})
+	}
+	b.listeners = nil
 }

@@ -88,6 +88,7 @@ func startServe(t *testing.T) *server {
 		"TARSMQ_LISTENERS_TCP_ADDRESS=127.0.0.1:0",
 		"TARSMQ_LISTENERS_UNIX_PATH="+s.socket,
 		"TARSMQ_STORE_DIR="+filepath.Join(dir, "state"),
+		"TARSMQ_ADMIN_ADDRESS=127.0.0.1:0",
 		"TARSMQ_LOG_FORMAT=json",
 	)
 	pipe, err := s.cmd.StderrPipe()
@@ -182,7 +183,7 @@ func TestServeWithMosquittoClientsAndSIGTERM(t *testing.T) {
 		t.Errorf("plain text publish was not refused with 0x99 and a reason:\n%s", out)
 	}
 
-	if strings.Count(s.log(), `"msg":"listening"`) != 2 {
+	if strings.Count(s.log(), `"msg":"listening"`) != 3 {
 		t.Errorf("want one listening line per listener:\n%s", s.log())
 	}
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {

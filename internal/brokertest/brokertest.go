@@ -17,9 +17,10 @@ import (
 	"github.com/tarsmq/tarsmq/broker"
 )
 
-// Config is the broker config Run starts from: the defaults, with TCP on a
-// free loopback port and the socket in a new short-named directory (socket
-// paths are limited to 107 bytes, and t.TempDir's can be longer).
+// Config is the broker config Run starts from: the defaults, with TCP and
+// the admin API on free loopback ports, and the socket and the store in a
+// new short-named directory (socket paths are limited to 107 bytes, and
+// t.TempDir's can be longer).
 func Config(t testing.TB) broker.Config {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tq")
@@ -30,6 +31,8 @@ func Config(t testing.TB) broker.Config {
 	cfg := broker.DefaultConfig()
 	cfg.Listeners.TCP.Address = "127.0.0.1:0"
 	cfg.Listeners.Unix.Path = filepath.Join(dir, "mq.sock")
+	cfg.Store.Dir = filepath.Join(dir, "state")
+	cfg.Admin.Address = "127.0.0.1:0"
 	return cfg
 }
 
@@ -56,9 +59,9 @@ func Run(t testing.TB, edit func(*broker.Config)) *broker.Broker {
 }
 
 // Start starts a broker with cfg and log, closed when the test ends.
-func Start(t testing.TB, cfg broker.Config, log *slog.Logger) *broker.Broker {
+func Start(t testing.TB, cfg broker.Config, log *slog.Logger, opts ...broker.Option) *broker.Broker {
 	t.Helper()
-	b, err := broker.New(cfg, log)
+	b, err := broker.New(cfg, log, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,13 +22,7 @@ import (
 // Config is everything `tarsmq serve` reads.
 type Config struct {
 	broker.Config `yaml:",inline"`
-	Store         StoreConfig `yaml:"store"`
-	Log           LogConfig   `yaml:"log"`
-}
-
-// StoreConfig is where durable state lives.
-type StoreConfig struct {
-	Dir string `yaml:"dir" env:"TARSMQ_STORE_DIR" env-description:"directory of the broker's database"`
+	Log           LogConfig `yaml:"log"`
 }
 
 // LogConfig sets the process's logger.
@@ -43,24 +37,8 @@ type LogConfig struct {
 func Default() Config {
 	return Config{
 		Config: broker.DefaultConfig(),
-		Store:  StoreConfig{Dir: DefaultStoreDir()},
 		Log:    LogConfig{Level: "info", Format: logging.FormatText},
 	}
-}
-
-// DefaultStoreDir is $STATE_DIRECTORY under systemd, else
-// $XDG_STATE_HOME/tarsmq, else ~/.local/state/tarsmq.
-func DefaultStoreDir() string {
-	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
-		return dir
-	}
-	if dir := os.Getenv("XDG_STATE_HOME"); dir != "" {
-		return filepath.Join(dir, "tarsmq")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "tarsmq")
-	}
-	return "" // Validate says what to set
 }
 
 // Load returns Default overlaid with the YAML file at path (if path is not
@@ -113,11 +91,6 @@ func (c Config) Validate() error {
 	var errs []error
 	if err := c.Config.Validate(); err != nil {
 		errs = append(errs, err)
-	}
-	if c.Store.Dir == "" {
-		errs = append(errs, errors.New("store.dir: no default could be found (HOME is not set); set store.dir or TARSMQ_STORE_DIR"))
-	} else if !filepath.IsAbs(c.Store.Dir) {
-		errs = append(errs, fmt.Errorf("store.dir: %q is relative; use an absolute path such as /var/lib/tarsmq", c.Store.Dir))
 	}
 	if _, err := logging.ParseLevel(c.Log.Level); err != nil {
 		errs = append(errs, fmt.Errorf("log.level: %w", err))

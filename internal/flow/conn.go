@@ -228,6 +228,9 @@ func (c *Conn) dropLocked(m message) {
 		// will never be sent, so it must not wait there for an ack.
 		if c.client.State.Inflight.Delete(m.id) {
 			atomic.AddInt64(&c.ctl.server.Info.Inflight, -1)
+			if c.ctl.OnDropInflight != nil {
+				c.ctl.OnDropInflight(c.client, m.id)
+			}
 		}
 	}
 	c.dropSince++

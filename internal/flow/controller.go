@@ -93,6 +93,11 @@ type Controller struct {
 
 	dropsMu sync.Mutex
 	drops   map[string]uint64 // by client id, across reconnects
+
+	// OnDropInflight, if set, hears of each QoS 1/2 message dropped for a
+	// client after mochi recorded it in flight (mochi calls no hook then):
+	// the persistence hook forgets it too.
+	OnDropInflight func(cl *mqtt.Client, packetID uint16)
 }
 
 // New returns a Controller for server that logs to log.
