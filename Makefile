@@ -12,7 +12,7 @@ LDFLAGS := -s -w \
 GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 ARCHES  := arm64 amd64
 
-.PHONY: help build test lint cross run clean
+.PHONY: help build test bench lint cross run clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ build: ## build bin/tarsmq for this machine (static, version stamped)
 
 test: ## run every test with the race detector
 	go test -race -count=1 -timeout 15m ./...
+
+bench: ## run the benchmarks (the cmd/tarsmq ones run the real binary for minutes)
+	go test -run XXX -bench . -benchmem -timeout 30m ./...
 
 lint: ## gofmt, go vet, staticcheck, and go mod tidy must be clean
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -159,7 +159,13 @@ func (b *Broker) Start(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("broker: already started")
 	}
-	if err := b.start(); err != nil {
+	err := b.start()
+	if b.st.Opened() {
+		if eerr := b.st.EndStart(); eerr != nil { // a start that returns is no crash
+			b.log.Warn("store: cannot clear the start marker", "error", eerr)
+		}
+	}
+	if err != nil {
 		b.closeListeners()
 		if b.admin != nil {
 			_ = b.admin.Close()
@@ -174,9 +180,6 @@ func (b *Broker) Start(ctx context.Context) error {
 	}
 	if r := b.st.Recovered(); r != nil && time.Since(r.At) < time.Minute {
 		b.log.Error("started with an empty store: the damaged one was kept", "kept_at", r.MovedTo, "reason", r.Reason)
-	}
-	if err := b.st.Started(); err != nil {
-		b.log.Warn("store: cannot clear the start marker", "error", err)
 	}
 	return nil
 }

@@ -55,9 +55,10 @@ func (s *Store) markStarting() error {
 	return writeFileSync(s.markerPath(), []byte(strconv.Itoa(s.startFailures()+1)+"\n"))
 }
 
-// Started tells the store the broker started with it: the crash-loop count
-// starts again from zero.
-func (s *Store) Started() error {
+// EndStart tells the store the broker's start is over, whether it worked or
+// returned an error (a port in use, say), without the process dying: the
+// crash-loop count starts again from zero.
+func (s *Store) EndStart() error {
 	err := os.Remove(s.markerPath())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -71,6 +72,9 @@ func (s *Store) moveAside(reason string) error {
 	now := time.Now().UTC()
 	if _, err := os.Stat(s.dbDir()); errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if heldByOther(s.dbDir()) {
+		return fmt.Errorf("store %s is in use by another process (another tarsmq, or tarsmq health reading it); it was not moved", s.dbDir())
 	}
 	to := filepath.Join(s.cfg.Dir, "db.corrupt-"+now.Format("20060102T150405Z"))
 	for n := 2; ; n++ { // two recoveries within a second
@@ -123,6 +127,21 @@ func writeFileSync(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// heldByOther reports whether another process holds Badger's lock on dir
+// (an flock on the directory itself).
+func heldByOther(dir string) bool {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
 }
 
 // checkTables opens every table file with Badger's own table reader before

@@ -60,8 +60,9 @@ func (s *Store) dbDir() string { return filepath.Join(s.cfg.Dir, "db") }
 // Open opens the database, replaying its log after a crash. A database that
 // does not open (damaged files, a panic inside Badger) or that the broker
 // failed to start on several times in a row is moved aside and replaced by
-// an empty one; Recovered says so. The broker calls Started once it runs.
-func (s *Store) Open() error {
+// an empty one; Recovered says so. The broker calls EndStart once its start
+// is over.
+func (s *Store) Open() (err error) {
 	if err := checkPlatform(strconv.IntSize); err != nil {
 		return err
 	}
@@ -79,6 +80,11 @@ func (s *Store) Open() error {
 	if err := s.markStarting(); err != nil {
 		return fmt.Errorf("open store %q: %w", s.cfg.Dir, err)
 	}
+	defer func() {
+		if err != nil {
+			_ = s.EndStart() // an Open that returns an error is no crash
+		}
+	}()
 	db, err := openBadger(s.dbDir(), s.log)
 	if err != nil && isDamage(err) {
 		s.log.Error("store does not open", "dir", s.dbDir(), "error", err)
@@ -102,6 +108,9 @@ func (s *Store) Open() error {
 	go s.maintain()
 	return nil
 }
+
+// Opened reports whether Open succeeded.
+func (s *Store) Opened() bool { return s.db != nil }
 
 // OpenExisting opens the database for a one-off read (tarsmq health with no
 // broker running): no recovery, no crash-loop accounting.
@@ -135,7 +144,7 @@ func checkPlatform(intSize int) error {
 func badgerOptions(dir string, log *slog.Logger) badger.Options {
 	return badger.DefaultOptions(dir).
 		WithLogger(badgerLog{log}).
-		WithMemTableSize(8 << 20). // default 64 MiB
+		WithMemTableSize(4 << 20). // default 64 MiB
 		WithNumMemtables(2).       // default 5
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(4). // must exceed NumLevelZeroTables

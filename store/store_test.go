@@ -151,7 +151,7 @@ func damage(t *testing.T, cfg Config, hurt func(dbDir string)) {
 	for i := range 50 {
 		_ = s.PutHealth(record("svc"+string(rune('a'+i%26)), true, "ready", time.Now()))
 	}
-	if err := s.Started(); err != nil {
+	if err := s.EndStart(); err != nil {
 		t.Fatal(err)
 	}
 	closeStore(t, s)
@@ -248,5 +248,32 @@ func TestRefuses32Bit(t *testing.T) {
 	}
 	if checkPlatform(64) != nil {
 		t.Fatal("64-bit refused")
+	}
+}
+
+// Starts that fail without a crash (the database locked by another process,
+// say) are not counted towards the crash loop, and a database another
+// process holds is never moved aside.
+func TestFailedOpensAreNoCrashLoop(t *testing.T) {
+	cfg := testConfig(t)
+	holder := open(t, cfg)
+	_ = holder.PutHealth(record("stt", true, "ready", time.Now()))
+	for range crashLoopLimit + 2 {
+		if err := New(cfg, nil).Open(); err == nil {
+			t.Fatal("opened a locked store")
+		}
+	}
+	if n := New(cfg, nil).startFailures(); n > 1 {
+		t.Fatalf("%d failed opens counted as crashes", n)
+	}
+	if err := writeFileSync(filepath.Join(cfg.Dir, "starting"), []byte("9\n")); err != nil {
+		t.Fatal(err)
+	}
+	err := New(cfg, nil).Open()
+	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Fatalf("crash-loop recovery of a held store: %v", err)
+	}
+	if _, found, _ := holder.HealthOf("stt"); !found {
+		t.Fatal("the holder lost its data")
 	}
 }

@@ -44,6 +44,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return (&ServeCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "config":
 		return (&ConfigCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "health":
+		return (&HealthCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "version":
 		return (&VersionCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "help", "-h", "-help", "--help":
@@ -65,6 +67,7 @@ Usage:
 Commands:
 
 	serve     run the broker until SIGINT or SIGTERM
+	health    print the health of every service, from the broker or its store
 	config    print the effective configuration, or what is wrong with it
 	version   print the version, commit and build date
 

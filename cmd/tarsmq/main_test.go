@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 
 // needTool skips a test when a command is missing, except in CI, where
 // .ci/run installs it and its absence is a failure.
-func needTool(t *testing.T, name string) {
+func needTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		if os.Getenv("CI") != "" {
@@ -48,7 +48,7 @@ func needTool(t *testing.T, name string) {
 }
 
 // run runs tarsmq with args and env added to the test's environment.
-func run(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+func run(t testing.TB, env []string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(tarsmq, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -66,7 +66,9 @@ func run(t *testing.T, env []string, args ...string) (stdout, stderr string, cod
 // server is a running `tarsmq serve`.
 type server struct {
 	cmd     *exec.Cmd
+	dir     string // socket and store
 	tcp     string // host:port
+	admin   string // host:port
 	socket  string
 	mu      sync.Mutex
 	stderr  bytes.Buffer
@@ -74,23 +76,37 @@ type server struct {
 	exitErr error
 }
 
-func startServe(t *testing.T) *server {
+// startServe runs `tarsmq serve` in a new directory.
+func startServe(t testing.TB) *server {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tqcli")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &server{socket: filepath.Join(dir, "mq.sock"), exited: make(chan struct{})}
-	s.cmd = exec.Command(tarsmq, "serve")
-	s.cmd.Env = append(os.Environ(),
+	return startServeIn(t, dir)
+}
+
+// env is the environment for tarsmq commands on dir's socket and store,
+// with the given admin address.
+func serveEnv(dir, admin string) []string {
+	return append(os.Environ(),
 		"TARSMQ_CONFIG=",
 		"TARSMQ_LISTENERS_TCP_ADDRESS=127.0.0.1:0",
-		"TARSMQ_LISTENERS_UNIX_PATH="+s.socket,
+		"TARSMQ_LISTENERS_UNIX_PATH="+filepath.Join(dir, "mq.sock"),
 		"TARSMQ_STORE_DIR="+filepath.Join(dir, "state"),
-		"TARSMQ_ADMIN_ADDRESS=127.0.0.1:0",
+		"TARSMQ_ADMIN_ADDRESS="+admin,
 		"TARSMQ_LOG_FORMAT=json",
 	)
+}
+
+// startServeIn runs `tarsmq serve` on dir's socket and store, and waits
+// until it has logged its TCP and admin addresses.
+func startServeIn(t testing.TB, dir string) *server {
+	t.Helper()
+	s := &server{dir: dir, socket: filepath.Join(dir, "mq.sock"), exited: make(chan struct{})}
+	s.cmd = exec.Command(tarsmq, "serve")
+	s.cmd.Env = serveEnv(dir, "127.0.0.1:0")
 	pipe, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -98,17 +114,24 @@ func startServe(t *testing.T) *server {
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	addrs := make(chan string, 4)
+	started := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
 			s.mu.Lock()
 			s.stderr.Write(append(sc.Bytes(), '\n'))
-			s.mu.Unlock()
 			var line struct{ Msg, Listener, Address string }
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" && line.Listener == "tcp" {
-				addrs <- line.Address
+			if json.Unmarshal(sc.Bytes(), &line) == nil {
+				switch {
+				case line.Msg == "listening" && line.Listener == "tcp":
+					s.tcp = line.Address
+				case line.Msg == "listening" && line.Listener == "admin":
+					s.admin = line.Address
+				case line.Msg == "tarsmq started":
+					close(started)
+				}
 			}
+			s.mu.Unlock()
 		}
 		s.exitErr = s.cmd.Wait()
 		close(s.exited)
@@ -118,13 +141,28 @@ func startServe(t *testing.T) *server {
 		<-s.exited
 	})
 	select {
-	case s.tcp = <-addrs:
+	case <-started:
 	case <-s.exited:
 		t.Fatalf("tarsmq serve exited: %v\n%s", s.exitErr, s.log())
 	case <-time.After(10 * time.Second):
-		t.Fatalf("tarsmq serve did not log its TCP address\n%s", s.log())
+		t.Fatalf("tarsmq serve did not start\n%s", s.log())
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s
+}
+
+// stop sends sig and waits up to a second for the exit.
+func (s *server) stop(t testing.TB, sig os.Signal) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(time.Second):
+		t.Fatalf("still running a second after %v\n%s", sig, s.log())
+	}
 }
 
 func (s *server) log() string {
@@ -186,14 +224,7 @@ func TestServeWithMosquittoClientsAndSIGTERM(t *testing.T) {
 	if strings.Count(s.log(), `"msg":"listening"`) != 3 {
 		t.Errorf("want one listening line per listener:\n%s", s.log())
 	}
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-s.exited:
-	case <-time.After(time.Second):
-		t.Fatalf("still running a second after SIGTERM\n%s", s.log())
-	}
+	s.stop(t, syscall.SIGTERM)
 	if s.exitErr != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", s.exitErr, s.log())
 	}
