@@ -80,3 +80,38 @@ func TestHealthSurvivesSIGKILL(t *testing.T) {
 		t.Fatalf("from the store: %s %v", out, err)
 	}
 }
+
+func TestPubSub(t *testing.T) {
+	s := startServe(t)
+	url := "unix://" + s.socket
+	sub := exec.Command(tarsmq, "sub", "-t", "cli/#", "-C", "2", "--url", url)
+	var out strings.Builder
+	sub.Stdout, sub.Stderr = &out, &out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sub.Wait() }()
+	deadline := time.Now().Add(10 * time.Second)
+	for i, received := 0, false; !received; i++ { // until the subscriber has two messages
+		_, errOut, code := run(t, nil, "pub", "--url", url, "--id", "cli", "-t", "cli/x", "--type", "cli.test", "-d", fmt.Sprintf(`{"n":%d}`, i), "-q", "1")
+		if code != 0 {
+			t.Fatalf("pub: %s", errOut)
+		}
+		select {
+		case err := <-done:
+			if err != nil || strings.Count(out.String(), "cli/x cli.test from cli {\"n\":") != 2 {
+				t.Fatalf("sub: %v\n%s", err, out.String())
+			}
+			received = true
+		case <-time.After(100 * time.Millisecond):
+			if time.Now().After(deadline) {
+				t.Fatalf("sub got:\n%s", out.String())
+			}
+		}
+	}
+	_, errOut, code := run(t, nil, "pub", "--url", url, "--id", "cli", "-t", "system/health/other", "--type", "health.status", "-d", `{"ok":true}`, "-q", "1")
+	if code != 1 || !strings.Contains(errOut, "0x87") {
+		t.Fatalf("spoofed health: exit %d %s", code, errOut)
+	}
+}

@@ -46,6 +46,10 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return (&ConfigCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "health":
 		return (&HealthCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "pub":
+		return (&PubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "sub":
+		return (&SubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "version":
 		return (&VersionCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "help", "-h", "-help", "--help":
@@ -68,6 +72,8 @@ Commands:
 
 	serve     run the broker until SIGINT or SIGTERM
 	health    print the health of every service, from the broker or its store
+	pub       publish one envelope
+	sub       print the envelopes arriving on a topic filter
 	config    print the effective configuration, or what is wrong with it
 	version   print the version, commit and build date
 

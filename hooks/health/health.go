@@ -73,7 +73,7 @@ func (h *Hook) ID() string { return "health-recorder" }
 
 // Provides lists the events the recorder handles.
 func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnDisconnect}, []byte{b})
+	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnDisconnect, mqtt.OnWill}, []byte{b})
 }
 
 // SetOpts keeps the hook's own logger rather than mochi's.
@@ -138,17 +138,50 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if err != nil {
 		return pk, nil
 	}
-	rec := store.HealthRecord{
+	h.put(store.HealthRecord{
 		Source: name, Health: data, TS: f.TS, Received: time.Now(), Boot: h.boot,
 		Envelope: bytes.Clone(pk.Payload),
-	}
+	})
+	return pk, nil
+}
+
+// put stores a record; a failure is logged and counted, and the message is
+// still delivered.
+func (h *Hook) put(rec store.HealthRecord) {
 	if err := h.st.PutHealth(rec); err != nil {
 		h.errs.Add(1)
 		if n, ok := h.limiter.Allow("put", time.Now()); ok {
-			h.Log.Error("health update not stored (it is still delivered)", "source", name, "error", err, "suppressed", n)
+			h.Log.Error("health update not stored (it is still delivered)", "source", rec.Source, "error", err, "suppressed", n)
 		}
 	}
-	return pk, nil
+}
+
+// OnWill handles a health will as it is sent: a will is written at CONNECT,
+// so its ts would be that of the connection; it gets the time of the crash
+// and a fresh id, and is recorded like any update (mochi sends wills without
+// OnPublish).
+func (h *Hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	name, ok := envelope.HealthService(will.TopicName)
+	if !ok {
+		return will, nil
+	}
+	e, err := envelope.Parse(will.Payload)
+	if err != nil || e.Type != envelope.TypeHealth || e.Source != name {
+		return will, nil
+	}
+	data, err := envelope.ParseHealth(e.Data)
+	if err != nil {
+		return will, nil
+	}
+	now := time.Now()
+	e.ID, e.TS = envelope.NewID(), envelope.Seconds(now)
+	b, err := e.Marshal()
+	if err != nil {
+		return will, nil
+	}
+	will.Payload = b
+	h.put(store.HealthRecord{Source: name, Health: data, TS: e.TS, Received: now, Boot: h.boot, Envelope: b})
+	return will, nil
 }
 
 // OnPublished notes a heartbeat.
