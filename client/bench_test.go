@@ -3,12 +3,14 @@ package client_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/tarsmq/tarsmq/broker"
 	"github.com/tarsmq/tarsmq/client"
@@ -120,6 +122,56 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 			b.ReportMetric(float64(h.ValueAtQuantile(50)), "p50-µs")
 			b.ReportMetric(float64(h.ValueAtQuantile(99)), "p99-µs")
+		})
+	}
+}
+
+// BenchmarkPublishPahoPeer is the peer of BenchmarkPublish: paho.golang's
+// client publishing the same-sized envelope bytes directly, with no
+// envelope building, queue or handler goroutines of ours; the subscriber is
+// the same.
+func BenchmarkPublishPahoPeer(b *testing.B) {
+	br := benchBroker(b)
+	for _, qos := range []byte{0, 1} {
+		b.Run(fmt.Sprintf("unix/qos%d", qos), func(b *testing.B) {
+			url := "unix://" + br.SocketPath()
+			sub := benchClient(b, url, fmt.Sprintf("peer-sub-%d", qos))
+			var got atomic.Int64
+			done := make(chan struct{})
+			total := int64(b.N)
+			topic := fmt.Sprintf("bench/peer/%d", qos)
+			if _, err := sub.Subscribe(context.Background(), topic, func(context.Context, client.Message) error {
+				if got.Add(1) == total {
+					close(done)
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			conn, err := net.Dial("unix", br.SocketPath())
+			if err != nil {
+				b.Fatal(err)
+			}
+			id := fmt.Sprintf("peer-pub-%d", qos)
+			pc := paho.NewClient(paho.ClientConfig{ClientID: id, Conn: conn})
+			if _, err := pc.Connect(context.Background(), &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true}); err != nil {
+				b.Fatal(err)
+			}
+			defer pc.Disconnect(&paho.Disconnect{})
+			payload := []byte(`{"id":"9f1c2b3a4d5e4f60a1b2c3d4e5f60718","type":"bench.msg","ts":1729123456.789123,"source":"` + id + `","data":{"seq":1}}`)
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				if _, err := pc.Publish(context.Background(), &paho.Publish{Topic: topic, QoS: qos, Payload: payload}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(60 * time.Second):
+				b.Fatalf("received %d of %d", got.Load(), b.N)
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
 	}
 }
