@@ -11,11 +11,15 @@ LDFLAGS := -s -w \
 	-X $(PKG)/internal/buildinfo.Date=$(DATE)
 GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 ARCHES  := arm64 amd64
+# The Debian version: a tag v1.2.0 gives 1.2.0, "+" keeps 1.2.0-3-gabc above
+# it, and an untagged tree is 0.0.0~git<commit>.
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9])/\1/; t; s/^/0.0.0~git/' | tr - +)
+NFPM    := go tool -modfile=tools/go.mod nfpm
 
-.PHONY: help build test bench lint cross run clean
+.PHONY: help build test bench lint cross deb check-unit run clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/tarsmq for this machine (static, version stamped)
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/tarsmq
@@ -31,12 +35,23 @@ lint: ## gofmt, go vet, staticcheck, and go mod tidy must be clean
 	go vet ./...
 	go tool staticcheck ./...
 	go mod tidy -diff
+	cd tools && go mod tidy -diff
 
 cross: ## static binaries for linux/arm64 and linux/amd64 in dist/
 	@for arch in $(ARCHES); do \
 		echo "dist/tarsmq-linux-$$arch"; \
 		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build $(GOFLAGS_BUILD) -o dist/tarsmq-linux-$$arch ./cmd/tarsmq || exit 1; \
 	done
+
+deb: cross ## .deb packages for arm64 and amd64 in dist/ (binary, unit, config, user)
+	@rm -f dist/tarsmq_*.deb
+	@for arch in $(ARCHES); do \
+		ARCH=$$arch DEB_VERSION=$(DEB_VERSION) $(NFPM) package --config packaging/nfpm.yaml \
+			--packager deb --target dist/tarsmq_$(DEB_VERSION)_$$arch.deb || exit 1; \
+	done
+
+check-unit: build ## systemd-analyze verify and security score of the unit
+	scripts/check-unit.sh
 
 run: build ## build, then run the broker on its built-in defaults
 	exec $(BIN) serve

@@ -1,19 +1,26 @@
 // Package admin is the broker's admin HTTP API:
 //
-//	GET /v1/health                        every service's latest health
+//	GET /v1/health                           every service's latest health
 //	GET /v1/health/{source}/history?limit=N  one service's history, newest first
+//	GET /healthz                             200 while the broker's self-check passes, else 503
+//	GET /metrics                             Prometheus metrics
 //
 // It is served on its own listener (admin.address), loopback or a Unix
 // socket, never on the MQTT ports.
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tarsmq/tarsmq/store"
 )
@@ -113,9 +120,31 @@ func BuildHistory(src Source, source string, limit int) (HistoryReport, error) {
 	return h, nil
 }
 
+// Options adds liveness and metrics to the API.
+type Options struct {
+	SelfCheck func(context.Context) error // for /healthz
+	Metrics   prometheus.Gatherer         // for /metrics
+}
+
 // Handler serves the API from src.
-func Handler(src Source) http.Handler {
+func Handler(src Source, opts Options) http.Handler {
 	mux := http.NewServeMux()
+	if opts.SelfCheck != nil {
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+			defer cancel()
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if err := opts.SelfCheck(ctx); err != nil {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, "not ok: "+err.Error()+"\n")
+				return
+			}
+			_, _ = io.WriteString(w, "ok\n")
+		})
+	}
+	if opts.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
+	}
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		rep, err := BuildReport(src, time.Now())
 		reply(w, rep, err)

@@ -47,6 +47,7 @@ type Broker struct {
 	health   *health.Hook
 	bootID   func() string
 
+	check     selfCheck
 	admin     *http.Server
 	adminLn   net.Listener
 	adminAddr string
@@ -209,6 +210,9 @@ func (b *Broker) start() error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	persist.RestoreExpiry(b.srv)
+	if err := b.check.subscribe(b.srv); err != nil {
+		return fmt.Errorf("self-check subscription: %w", err)
+	}
 	b.serveAdmin()
 	return nil
 }

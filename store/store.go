@@ -252,6 +252,24 @@ func (s *Store) Delete(key []byte, sync bool) error {
 	return s.syncIf(sync)
 }
 
+// Ping reads from the database: an error means it does not answer.
+func (s *Store) Ping() error {
+	if s.db == nil {
+		return errors.New("store: not open")
+	}
+	err := s.db.View(func(txn *badger.Txn) error {
+		_, err := txn.Get(recoveryKey)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
+}
+
 // Has reports whether key is stored.
 func (s *Store) Has(key []byte) bool {
 	err := s.db.View(func(txn *badger.Txn) error {
@@ -309,8 +327,28 @@ func (s *Store) Scan(prefix []byte, fn func(key, value []byte) error) error {
 	})
 }
 
-// Size is the database's size on disk: LSM tables and value log.
-func (s *Store) Size() (lsm, vlog int64) { return s.db.Size() }
+// Size is the database's size on disk now: its LSM tables (with the
+// manifest) and its value log (with the write-ahead memtables). Badger's
+// own Size needs its expvar metrics, which are off.
+func (s *Store) Size() (lsm, vlog int64, err error) {
+	entries, err := os.ReadDir(s.dbDir())
+	if err != nil {
+		return 0, 0, fmt.Errorf("store size: %w", err)
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue // removed by a compaction since ReadDir
+		}
+		switch filepath.Ext(e.Name()) {
+		case ".vlog", ".mem":
+			vlog += info.Size()
+		default:
+			lsm += info.Size()
+		}
+	}
+	return lsm, vlog, nil
+}
 
 // badgerLog sends Badger's log to slog; its chatty Info becomes Debug.
 type badgerLog struct{ log *slog.Logger }

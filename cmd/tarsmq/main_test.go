@@ -104,9 +104,16 @@ func serveEnv(dir, admin string) []string {
 // until it has logged its TCP and admin addresses.
 func startServeIn(t testing.TB, dir string) *server {
 	t.Helper()
+	return startServeWith(t, dir, nil, nil)
+}
+
+// startServeWith is startServeIn with more arguments to serve and more
+// environment variables.
+func startServeWith(t testing.TB, dir string, args, env []string) *server {
+	t.Helper()
 	s := &server{dir: dir, socket: filepath.Join(dir, "mq.sock"), exited: make(chan struct{})}
-	s.cmd = exec.Command(tarsmq, "serve")
-	s.cmd.Env = serveEnv(dir, "127.0.0.1:0")
+	s.cmd = exec.Command(tarsmq, append([]string{"serve"}, args...)...)
+	s.cmd.Env = append(serveEnv(dir, "127.0.0.1:0"), env...)
 	pipe, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

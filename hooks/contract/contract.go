@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -56,8 +57,7 @@ const maxReasonLen = 256
 // with Server.AddHook(hook, Config{...}).
 type Hook struct {
 	mqtt.HookBase
-	cfg     Config
-	rules   []compiledRule
+	policy  atomic.Pointer[policy]
 	pub     Publisher
 	limiter *lograte.Limiter
 	stats   stats
@@ -65,6 +65,13 @@ type Hook struct {
 	notify chan Rejection // to the republisher, when Republish is on
 	done   chan struct{}
 	wg     sync.WaitGroup
+}
+
+// policy is what a reload can change: the configuration and its compiled
+// rules, swapped as one.
+type policy struct {
+	cfg   Config
+	rules []compiledRule
 }
 
 // New returns a Hook that logs to log and republishes rejections through
@@ -93,15 +100,10 @@ func (h *Hook) Init(config any) error {
 	if !ok {
 		return fmt.Errorf("contract: %w: want contract.Config, got %T", mqtt.ErrInvalidConfigType, config)
 	}
-	rules, err := cfg.compile()
-	if err != nil {
+	if err := h.Reload(cfg); err != nil {
 		return err
 	}
-	if cfg.Republish && h.pub == nil {
-		return errors.New("contract: republish is on but there is no publisher")
-	}
-	h.cfg, h.rules = cfg, rules
-	if cfg.Republish {
+	if h.pub != nil {
 		h.notify = make(chan Rejection, 256)
 		h.done = make(chan struct{})
 		h.wg.Add(1)
@@ -109,6 +111,23 @@ func (h *Hook) Init(config any) error {
 	}
 	return nil
 }
+
+// Reload swaps in a new configuration while clients stay connected: the
+// next message is checked against it. On error the old one stays.
+func (h *Hook) Reload(cfg Config) error {
+	rules, err := cfg.compile()
+	if err != nil {
+		return err
+	}
+	if cfg.Republish && h.pub == nil {
+		return errors.New("contract: republish is on but there is no publisher")
+	}
+	h.policy.Store(&policy{cfg: cfg, rules: rules})
+	return nil
+}
+
+// Config returns the configuration in force.
+func (h *Hook) Config() Config { return h.policy.Load().cfg }
 
 // Stop ends the republisher.
 func (h *Hook) Stop() error {
@@ -124,7 +143,8 @@ func (h *Hook) Stop() error {
 // without OnPublish: a will that breaks the contract is removed, so it is
 // never sent, and the rejection counted and logged.
 func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
-	if !pk.Connect.WillFlag || h.exempt(pk.Connect.WillTopic) {
+	p := h.policy.Load()
+	if !pk.Connect.WillFlag || p.exempt(pk.Connect.WillTopic) {
 		return nil
 	}
 	will := packets.Packet{
@@ -132,9 +152,9 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		TopicName:   pk.Connect.WillTopic,
 		Payload:     pk.Connect.WillPayload,
 	}
-	if err := h.check(cl, will); err != nil {
-		h.record(cl, will, err, "will")
-		if h.cfg.Enforce {
+	if err := p.check(cl, will); err != nil {
+		h.record(cl, will, err, "will", p.cfg)
+		if p.cfg.Enforce {
 			cl.Properties.Will = mqtt.Will{}
 		}
 	}
@@ -143,15 +163,16 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 // OnPublish checks a client's PUBLISH; the broker's own are trusted.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || h.exempt(pk.TopicName) {
+	p := h.policy.Load()
+	if cl.Net.Inline || p.exempt(pk.TopicName) {
 		return pk, nil
 	}
-	err := h.check(cl, pk)
+	err := p.check(cl, pk)
 	if err == nil {
 		return pk, nil
 	}
-	h.record(cl, pk, err, "message")
-	if !h.cfg.Enforce {
+	h.record(cl, pk, err, "message", p.cfg)
+	if !p.cfg.Enforce {
 		return pk, nil
 	}
 	if cl.Properties.ProtocolVersion < 5 || pk.FixedHeader.Qos == 0 {
@@ -178,11 +199,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	return pk, packets.ErrRejectPacket
 }
 
-func (h *Hook) exempt(name string) bool {
+func (p *policy) exempt(name string) bool {
 	if strings.HasPrefix(name, "$") {
 		return true
 	}
-	for _, f := range h.cfg.Exempt {
+	for _, f := range p.cfg.Exempt {
 		if topic.Match(f, name) {
 			return true
 		}
@@ -191,7 +212,7 @@ func (h *Hook) exempt(name string) bool {
 }
 
 // check applies the contract to one message.
-func (h *Hook) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
+func (p *policy) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
 	if len(pk.Payload) == 0 && pk.FixedHeader.Retain {
 		// An empty retained message clears the topic's retained one (and
 		// is delivered empty, as MQTT says); a health topic only by its own
@@ -202,7 +223,7 @@ func (h *Hook) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
 		}
 		return nil
 	}
-	f, err := envelope.Check(pk.Payload, int(h.cfg.MaxSize))
+	f, err := envelope.Check(pk.Payload, int(p.cfg.MaxSize))
 	if err != nil {
 		var e *envelope.Error
 		errors.As(err, &e)
@@ -212,11 +233,11 @@ func (h *Hook) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
 		if err := checkHealth(cl, &f, name); err != nil {
 			return err
 		}
-	} else if h.cfg.BindSource && !sourceIsClient(cl, &f) {
+	} else if p.cfg.BindSource && !sourceIsClient(cl, &f) {
 		return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
 			Detail: fmt.Sprintf("%q is not this client (%s); a service publishes under its own name", f.SourceString(), identities(cl))}
 	}
-	for _, r := range h.rules {
+	for _, r := range p.rules {
 		if !topic.Match(r.filter, pk.TopicName) {
 			continue
 		}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -275,29 +274,11 @@ func TestRuleConfigErrorsNameTheKey(t *testing.T) {
 	}
 }
 
-// logBuffer collects log lines safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // A broken publisher is logged once per window, not once per message; with
 // enforce off its messages are delivered but still counted; with republish
 // on each rejection is announced as an envelope.
 func TestObservability(t *testing.T) {
-	var logs logBuffer
+	var logs brokertest.LogBuffer
 	cfg := brokertest.Config(t)
 	cfg.Contract.Enforce = false
 	cfg.Contract.Republish = true
@@ -404,4 +385,40 @@ func TestClearRetained(t *testing.T) {
 	if len(b.Server().Topics.Messages(envelope.HealthTopic("stt-worker"))) != 0 {
 		t.Fatal("health not cleared")
 	}
+}
+
+// Reload swaps the rules while the publisher stays connected; a config
+// that does not compile changes nothing.
+func TestReloadRules(t *testing.T) {
+	b, sub := setup(t, nil)
+	pub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	pub.Connect("pub", nil)
+	speech := env("pub", "stt.final", `{"text":"hi"}`)
+	if ack := pub.Publish("stt/final", speech, 1, false); ack.ReasonCode != 0 {
+		t.Fatalf("before reload: %#x", ack.ReasonCode)
+	}
+	expectOnly(t, sub, "stt/final", speech)
+
+	cfg := b.Contract().Config()
+	cfg.Rules = []contract.Rule{{Topic: "stt/#", Type: "stt.partial"}}
+	if err := b.Contract().Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if ack := pub.Publish("stt/final", speech, 1, false); ack.ReasonCode != contract.CodeInvalid {
+		t.Fatalf("after reload: %#x, want %#x", ack.ReasonCode, contract.CodeInvalid)
+	}
+
+	bad := cfg
+	bad.Rules = []contract.Rule{{Topic: "stt/#", Schema: map[string]any{"type": 7}}}
+	if err := b.Contract().Reload(bad); err == nil || !strings.Contains(err.Error(), "contract.rules[0].schema") {
+		t.Fatalf("bad schema: %v", err)
+	}
+	if got := b.Contract().Config().Rules[0].Type; got != "stt.partial" {
+		t.Fatalf("a failed reload changed the rules: %q", got)
+	}
+	partial := env("pub", "stt.partial", `{"text":"h"}`)
+	if ack := pub.Publish("stt/final", partial, 1, false); ack.ReasonCode != 0 {
+		t.Fatalf("after failed reload: %#x", ack.ReasonCode)
+	}
+	expectOnly(t, sub, "stt/final", partial)
 }

@@ -39,7 +39,7 @@ type stats struct {
 
 // record counts, logs and (when configured) republishes a rejection of a
 // message or a will (what).
-func (h *Hook) record(cl *mqtt.Client, pk packets.Packet, err *envelope.Error, what string) {
+func (h *Hook) record(cl *mqtt.Client, pk packets.Packet, err *envelope.Error, what string, cfg Config) {
 	h.stats.mu.Lock()
 	h.stats.total++
 	key := cl.ID
@@ -56,7 +56,7 @@ func (h *Hook) record(cl *mqtt.Client, pk packets.Packet, err *envelope.Error, w
 
 	if suppressed, ok := h.limiter.Allow(cl.ID+"\x00"+string(err.Rule), time.Now()); ok {
 		verdict := what + " rejected: envelope contract"
-		if !h.cfg.Enforce {
+		if !cfg.Enforce {
 			verdict = what + " breaks the envelope contract (delivered: contract.enforce is off)"
 		}
 		args := []any{"client", cl.ID, "topic", pk.TopicName, "rule", err.Rule, "reason", err.Error()}
@@ -66,7 +66,7 @@ func (h *Hook) record(cl *mqtt.Client, pk packets.Packet, err *envelope.Error, w
 		h.Log.Warn(verdict, args...)
 	}
 
-	if h.notify != nil {
+	if cfg.Republish && h.notify != nil {
 		r := Rejection{Client: cl.ID, Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Bytes: len(pk.Payload),
 			Rule: err.Rule, Field: err.Field, Reason: err.Error()}
 		select {

@@ -104,8 +104,13 @@ func (h *Hook) failed(what string, err error) {
 	}
 }
 
-// persistent reports whether cl's session outlives its connection.
+// persistent reports whether cl's session outlives its connection. The
+// broker's own inline client (its subscriptions are callbacks, set up anew
+// at every start) is never stored.
 func persistent(cl *mqtt.Client) bool {
+	if cl.Net.Inline {
+		return false
+	}
 	if cl.Properties.ProtocolVersion == 5 {
 		return cl.Properties.Props.SessionExpiryInterval > 0
 	}

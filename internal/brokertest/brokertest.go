@@ -4,6 +4,7 @@
 package brokertest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/pprof"
+	"sync"
 	"testing"
 	"time"
 
@@ -79,4 +81,25 @@ func Start(t testing.TB, cfg broker.Config, log *slog.Logger, opts ...broker.Opt
 		}
 	})
 	return b
+}
+
+// LogBuffer collects log output safely across goroutines, for tests that
+// look for a line.
+type LogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+// Write appends p.
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }

@@ -120,3 +120,20 @@ func TestRedact(t *testing.T) {
 		t.Fatal("Redact changed its input")
 	}
 }
+
+func TestDiffNamesKeys(t *testing.T) {
+	a := Default()
+	b := Default()
+	if d := Diff(a, b); len(d) != 0 {
+		t.Fatalf("equal configs differ in %v", d)
+	}
+	b.Log.Level = "debug"
+	b.Listeners.TCP.Address = "127.0.0.1:1999"
+	b.Contract.Exempt = append(b.Contract.Exempt, "raw/#")
+	b.Store.Dir = "/elsewhere"
+	got := strings.Join(Diff(a, b), " ")
+	want := "listeners.tcp.address contract.exempt store.dir log.level"
+	if got != want {
+		t.Fatalf("Diff = %q, want %q", got, want)
+	}
+}

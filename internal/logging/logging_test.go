@@ -52,11 +52,23 @@ func TestNoTimeUnderJournald(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("JOURNAL_STREAM", fmt.Sprintf("%d:%d", st.Dev, st.Ino))
-	log, _ := New(f, FormatText, new(slog.LevelVar))
+	lv := new(slog.LevelVar)
+	lv.Set(slog.LevelDebug)
+	log, _ := New(f, FormatText, lv)
 	log.Info("to the journal")
+	log.With("component", "x").Warn("careful", "k", 1)
+	log.Error("bad")
+	log.Debug("detail")
 	data, _ := os.ReadFile(f.Name())
-	if strings.Contains(string(data), "time=") || !strings.Contains(string(data), "to the journal") {
-		t.Fatalf("journal line: %s", data)
+	lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
+	want := []string{
+		`<6>level=INFO msg="to the journal"`,
+		`<4>level=WARN msg=careful component=x k=1`,
+		`<3>level=ERROR msg=bad`,
+		`<7>level=DEBUG msg=detail`,
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("journal lines:\n%s\nwant:\n%s", data, strings.Join(want, "\n"))
 	}
 	var buf bytes.Buffer
 	plain, _ := New(&buf, FormatText, new(slog.LevelVar))

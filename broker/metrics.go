@@ -1,0 +1,107 @@
+package broker
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tarsmq/tarsmq/envelope"
+	"github.com/tarsmq/tarsmq/internal/buildinfo"
+)
+
+// metrics reads the broker's counters when Prometheus scrapes /metrics:
+// nothing is counted twice, and nothing costs anything between scrapes.
+type metrics struct {
+	b *Broker
+
+	clients, retained, inflight, services, notOK *prometheus.Desc
+	msgsIn, msgsOut, bytesIn, bytesOut           *prometheus.Desc
+	dropped, rejections, storeSize, storeErrors  *prometheus.Desc
+}
+
+func newMetrics(b *Broker) *metrics {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("tarsmq_"+name, help, labels, nil)
+	}
+	return &metrics{
+		b:           b,
+		clients:     d("clients_connected", "MQTT clients connected now."),
+		retained:    d("retained_messages", "Retained messages held."),
+		inflight:    d("inflight_messages", "QoS 1/2 messages in flight, sessions of offline clients included."),
+		msgsIn:      d("messages_received_total", "Messages published to the broker by clients, and by the broker itself (contract rejections, offline notices); self-checks are not counted."),
+		msgsOut:     d("messages_sent_total", "PUBLISH packets sent to clients."),
+		bytesIn:     d("bytes_received_total", "Bytes received from clients."),
+		bytesOut:    d("bytes_sent_total", "Bytes sent to clients."),
+		dropped:     d("dropped_messages_total", "Messages dropped for a client: slow_subscriber (its queue was full), session_full (limits.max_session_messages).", "reason"),
+		rejections:  d("contract_rejections_total", "Messages refused by the envelope contract, by rule.", "rule"),
+		storeSize:   d("store_size_bytes", "Size of the store on disk: lsm (tables, manifest), vlog (value log, memtable logs).", "part"),
+		storeErrors: d("store_write_errors_total", "Writes to the store that failed."),
+		services:    d("health_services", "Services with health on record."),
+		notOK:       d("health_services_not_ok", "Services whose latest health is not ok."),
+	}
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.clients, m.retained, m.inflight, m.msgsIn, m.msgsOut, m.bytesIn, m.bytesOut,
+		m.dropped, m.rejections, m.storeSize, m.storeErrors, m.services, m.notOK} {
+		ch <- d
+	}
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	b := m.b
+	info := b.srv.Info.Clone()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	gauge(m.clients, float64(info.ClientsConnected))
+	gauge(m.retained, float64(b.srv.Topics.Retained.Len()))
+	gauge(m.inflight, float64(info.Inflight))
+	counter(m.msgsIn, float64(info.MessagesReceived-b.check.sent.Load()))
+	counter(m.msgsOut, float64(info.MessagesSent))
+	counter(m.bytesIn, float64(info.BytesReceived))
+	counter(m.bytesOut, float64(info.BytesSent))
+	counter(m.dropped, float64(b.flow.DroppedTotal()), "slow_subscriber")
+	counter(m.dropped, float64(info.InflightDropped), "session_full")
+	byRule := map[envelope.Rule]uint64{}
+	for _, rules := range b.contract.Rejections() {
+		for r, n := range rules {
+			byRule[r] += n
+		}
+	}
+	for r, n := range byRule {
+		counter(m.rejections, float64(n), string(r))
+	}
+	counter(m.storeErrors, float64(b.persist.WriteErrors()+b.health.WriteErrors()))
+	if !b.st.Opened() {
+		return
+	}
+	if lsm, vlog, err := b.st.Size(); err == nil {
+		gauge(m.storeSize, float64(lsm), "lsm")
+		gauge(m.storeSize, float64(vlog), "vlog")
+	}
+	if recs, err := b.st.Health(); err == nil {
+		notOK := 0
+		for _, r := range recs {
+			if !r.Health.OK {
+				notOK++
+			}
+		}
+		gauge(m.services, float64(len(recs)))
+		gauge(m.notOK, float64(notOK))
+	}
+}
+
+// newRegistry holds the broker's metrics, Go's and the process's (memory,
+// CPU, open files), and the build.
+func newRegistry(b *Broker) *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	info := buildinfo.Get()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{Name: "tarsmq_build_info", Help: "The running build.",
+		ConstLabels: prometheus.Labels{"version": info.Version, "commit": info.Commit}})
+	build.Set(1)
+	r.MustRegister(newMetrics(b), build, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
