@@ -192,6 +192,10 @@ func (b *Broker) start() error {
 	if err := b.srv.AddHook(b.persist, nil); err != nil {
 		return fmt.Errorf("add persist hook: %w", err)
 	}
+	if b.bootID() == bootid.Unknown {
+		b.log.Warn("cannot read the boot id ("+bootid.Path+"): health records will not tell this boot from earlier ones",
+			"hint", "under systemd, ProcSubset=pid hides /proc/sys")
+	}
 	if err := b.srv.AddHook(b.health, health.Config{FlushInterval: lastSeenFlush, OfflineGrace: offlineGrace, BootID: b.bootID}); err != nil {
 		return fmt.Errorf("add health hook: %w", err)
 	}

@@ -63,6 +63,7 @@ type Client struct {
 	firstOnce sync.Once
 	fatal     chan error // a connection refusal that retrying cannot fix
 	everUp    atomic.Bool
+	lastErr   atomic.Pointer[error] // why the last connection attempt failed
 	closed    atomic.Bool
 
 	out     *outbox
@@ -189,6 +190,9 @@ func (c *Client) Connect(ctx context.Context) error {
 		<-cm.Done()
 		return err
 	case <-ctx.Done():
+		if last := c.lastErr.Load(); last != nil {
+			return fmt.Errorf("client: connect to %s: %w (last attempt: %v; still trying in the background)", c.ep.url.Redacted(), ctx.Err(), *last)
+		}
 		return fmt.Errorf("client: connect to %s: %w (still trying in the background)", c.ep.url.Redacted(), ctx.Err())
 	}
 }
@@ -220,6 +224,7 @@ func (c *Client) onConnectError(err error) {
 		}
 		return
 	}
+	c.lastErr.Store(&err)
 	c.log.Debug("connect failed; retrying", "error", err)
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -391,5 +392,21 @@ func TestCloseSaysShutdownAndLeaksNothing(t *testing.T) {
 		if r.Health.Event == "offline" {
 			t.Fatal("a clean Close sent the will")
 		}
+	}
+}
+
+// A Connect that times out says why the attempts fail.
+func TestConnectTimeoutSaysWhy(t *testing.T) {
+	url := "unix://" + filepath.Join(t.TempDir(), "absent.sock")
+	c, err := client.New(client.DefaultConfig(url, "lonely"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	err = c.Connect(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no such file or directory") || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect: %v", err)
 	}
 }

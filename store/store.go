@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,6 +72,13 @@ func (s *Store) Open() (err error) {
 	}
 	if err := os.MkdirAll(s.cfg.Dir, 0o700); err != nil {
 		return fmt.Errorf("open store %q: %w", s.cfg.Dir, err)
+	}
+	if err := checkDirMode(s.cfg.Dir); err != nil {
+		return err
+	}
+	if heldByOther(s.dbDir()) {
+		return fmt.Errorf("open store %q: another process holds it (pid %s): is another tarsmq serve running with the same store.dir? (systemctl status tarsmq)",
+			s.dbDir(), lockPID(s.dbDir()))
 	}
 	if failures := s.startFailures(); failures >= crashLoopLimit {
 		if err := s.moveAside(fmt.Sprintf("the broker failed to start %d times in a row with this database", failures)); err != nil {
@@ -186,6 +194,28 @@ func isDamage(err error) bool {
 		return false
 	}
 	return true
+}
+
+// checkDirMode refuses a state directory others can write to: anyone who
+// can replace files in it controls what the broker restores.
+func checkDirMode(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("open store %q: %w", dir, err)
+	}
+	if fi.Mode().Perm()&0o002 != 0 {
+		return fmt.Errorf("open store %q: the directory is world-writable (mode %#o); run chmod o-w %s (tarsmq creates it 0700)", dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// lockPID reads the pid Badger writes into its LOCK file, or "unknown".
+func lockPID(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "LOCK"))
+	if pid := strings.TrimSpace(string(b)); err == nil && pid != "" && len(pid) < 12 {
+		return pid
+	}
+	return "unknown"
 }
 
 // Recovered describes the damaged database moved aside at Open (in this

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -230,8 +231,9 @@ func TestLockedDatabaseIsNotDamage(t *testing.T) {
 	_ = first.PutHealth(record("stt", true, "ready", time.Now()))
 	second := New(cfg, nil)
 	err := second.Open()
-	if err == nil || !isLocked(err) {
-		t.Fatalf("second open: %v", err)
+	want := fmt.Sprintf("another process holds it (pid %d)", os.Getpid())
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("second open: %v, want an error with %q", err, want)
 	}
 	if first.Recovered() != nil || second.Recovered() != nil {
 		t.Fatal("a locked database was moved aside")
@@ -239,6 +241,25 @@ func TestLockedDatabaseIsNotDamage(t *testing.T) {
 	if _, found, _ := first.HealthOf("stt"); !found {
 		t.Fatal("data lost")
 	}
+}
+
+// A state directory anyone may write to is refused, with the fix.
+func TestRefusesWorldWritableDir(t *testing.T) {
+	cfg := testConfig(t)
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cfg.Dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	err := New(cfg, nil).Open()
+	if err == nil || !strings.Contains(err.Error(), "world-writable") || !strings.Contains(err.Error(), "chmod o-w") {
+		t.Fatalf("open of a 0777 dir: %v", err)
+	}
+	if err := os.Chmod(cfg.Dir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	closeStore(t, open(t, cfg))
 }
 
 func TestRefuses32Bit(t *testing.T) {
@@ -270,7 +291,7 @@ func TestFailedOpensAreNoCrashLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := New(cfg, nil).Open()
-	if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+	if err == nil || !strings.Contains(err.Error(), "another process holds it") {
 		t.Fatalf("crash-loop recovery of a held store: %v", err)
 	}
 	if _, found, _ := holder.HealthOf("stt"); !found {

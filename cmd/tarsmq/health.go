@@ -58,7 +58,7 @@ func (c *HealthCommand) Run(ctx context.Context, args []string) error {
 	if *history && source == "" {
 		return errors.New("--history needs a SOURCE: tarsmq health stt-worker --history")
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.Load(orSystemConfig(*path))
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,8 @@ on TOPIC, under client id --id (default $MQTT_CLIENT_ID, else tarsmq-cli):
 the envelope's source is that id, as the broker's contract requires. At
 QoS 1 it waits for the broker's PUBACK and reports a refusal with its
 reason. The broker is $MQTT_URL, else the socket of the configuration
-'tarsmq serve' reads.
+'tarsmq serve' reads (--config, $TARSMQ_CONFIG, else /etc/tarsmq/tarsmq.yaml
+when it exists).
 `
 
 // Run publishes.
@@ -84,8 +85,24 @@ func connFlags(fs interface {
 	return connOptions{
 		url:        fs.String("url", os.Getenv("MQTT_URL"), "broker URL (default $MQTT_URL, else the configured socket)"),
 		id:         fs.String("id", id, "client id, also the envelope source"),
-		configPath: fs.String("config", os.Getenv("TARSMQ_CONFIG"), "tarsmq config `file`, to find the broker when there is no --url"),
+		configPath: fs.String("config", os.Getenv("TARSMQ_CONFIG"), "tarsmq config `file`, to find the broker when there is no --url (default $TARSMQ_CONFIG, else "+systemConfig+" if present)"),
 	}
+}
+
+// systemConfig is where the package installs the broker's configuration.
+const systemConfig = "/etc/tarsmq/tarsmq.yaml"
+
+// orSystemConfig is path, or, when it is empty, the installed broker's
+// configuration if there is one: the commands that talk to a running broker
+// find the packaged one without flags.
+func orSystemConfig(path string) string {
+	if path != "" {
+		return path
+	}
+	if _, err := os.Stat(systemConfig); err == nil {
+		return systemConfig
+	}
+	return ""
 }
 
 // connect connects a client, finding the broker from the tarsmq
@@ -93,7 +110,7 @@ func connFlags(fs interface {
 func (o connOptions) connect(ctx context.Context) (*client.Client, error) {
 	url := *o.url
 	if url == "" {
-		cfg, err := config.Load(*o.configPath)
+		cfg, err := config.Load(orSystemConfig(*o.configPath))
 		if err != nil {
 			return nil, err
 		}

@@ -238,9 +238,10 @@ func (h *Hook) flush() error {
 
 // OnDisconnect marks a service offline when its connection ended without a
 // clean DISCONNECT, unless the broker is stopping or the client is back
-// within the grace period.
+// within the grace period. A session restored from the store at start
+// (mochi reports it as disconnected, with no connection) is no loss.
 func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
-	if err == nil || h.closing.Load() || cl.IsTakenOver() || cl.Net.Inline {
+	if err == nil || h.closing.Load() || cl.IsTakenOver() || cl.Net.Inline || cl.Net.Conn == nil {
 		return
 	}
 	names := []string{cl.ID}

@@ -156,6 +156,38 @@ func TestOfflineWhenConnectionLost(t *testing.T) {
 	}
 }
 
+// A broker restart is no connection loss: the sessions it restores (mochi
+// reports each as disconnected while loading it) are not marked offline
+// while their services take their time to reconnect.
+func TestRestoredSessionsAreNotMarkedOffline(t *testing.T) {
+	cfg := brokertest.Config(t)
+	b := start(t, cfg, "boot-A")
+	persistent := func(pk *packets.Packet) {
+		pk.Connect.Clean = false
+		pk.Properties.SessionExpiryInterval = 3600
+		pk.Properties.SessionExpiryIntervalFlag = true
+	}
+	for _, name := range []string{"nav", "probe"} {
+		c := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+		c.Connect(name, persistent)
+		c.Publish(envelope.HealthTopic(name), healthEnv(name, true, "ready"), 1, true)
+		c.Disconnect()
+	}
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b = start(t, cfg, "boot-A")
+	// probe comes back and then loses its connection: once it is marked
+	// offline, nav's grace period, which began earlier, is over too.
+	probe := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	probe.Connect("probe", persistent)
+	probe.Kill()
+	poll(t, "probe marked offline", func() bool { return report(t, b)["probe"].Event == health.EventOffline })
+	if r := report(t, b)["nav"]; !r.OK || r.Event != "ready" {
+		t.Fatalf("nav, restored and not yet back, is %+v", r)
+	}
+}
+
 // After a reboot the retained health is back at once, and records from the
 // earlier boot say so.
 func TestHealthAcrossReboot(t *testing.T) {

@@ -9,11 +9,15 @@ import (
 // Path is where Linux publishes a random id for each boot.
 const Path = "/proc/sys/kernel/random/boot_id"
 
-// Read returns the current boot id, or "unknown" where the kernel has none.
+// Unknown is the boot id Read returns when the kernel's cannot be read.
+const Unknown = "unknown"
+
+// Read returns the current boot id, or Unknown where the kernel has none or
+// /proc/sys is hidden (systemd's ProcSubset=pid).
 func Read() string {
 	b, err := os.ReadFile(Path)
 	if err != nil {
-		return "unknown"
+		return Unknown
 	}
 	return strings.TrimSpace(string(b))
 }
