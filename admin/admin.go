@@ -2,6 +2,7 @@
 //
 //	GET /v1/health                           every service's latest health
 //	GET /v1/health/{source}/history?limit=N  one service's history, newest first
+//	GET /v1/clients                          the connected clients: identity, listener, peer, counts
 //	GET /healthz                             200 while the broker's self-check passes, else 503
 //	GET /metrics                             Prometheus metrics
 //
@@ -120,10 +121,26 @@ func BuildHistory(src Source, source string, limit int) (HistoryReport, error) {
 	return h, nil
 }
 
-// Options adds liveness and metrics to the API.
+// Options adds liveness, metrics and the client list to the API.
 type Options struct {
 	SelfCheck func(context.Context) error // for /healthz
 	Metrics   prometheus.Gatherer         // for /metrics
+	Clients   func() []Client             // for /v1/clients
+}
+
+// Client is one connected client, as /v1/clients lists it.
+type Client struct {
+	ID            string  `json:"id"`
+	Identity      string  `json:"identity"` // "" for an anonymous client
+	Listener      string  `json:"listener"` // unix, tcp or ws
+	Remote        string  `json:"remote,omitempty"`
+	UID           *uint32 `json:"uid,omitempty"` // Unix socket peers
+	PID           *int32  `json:"pid,omitempty"`
+	Protocol      byte    `json:"protocol"` // 4: MQTT 3.1.1, 5: MQTT 5
+	Subscriptions int     `json:"subscriptions"`
+	Inflight      int     `json:"inflight"`  // QoS 1/2 messages sent and not yet acknowledged
+	Dropped       uint64  `json:"dropped"`   // messages it lost to its queue limits
+	Throttled     uint64  `json:"throttled"` // times it waited for its publish rate
 }
 
 // Handler serves the API from src.
@@ -140,6 +157,15 @@ func Handler(src Source, opts Options) http.Handler {
 				return
 			}
 			_, _ = io.WriteString(w, "ok\n")
+		})
+	}
+	if opts.Clients != nil {
+		mux.HandleFunc("GET /v1/clients", func(w http.ResponseWriter, r *http.Request) {
+			clients := opts.Clients()
+			sort.Slice(clients, func(i, j int) bool { return clients[i].ID < clients[j].ID })
+			reply(w, struct {
+				Clients []Client `json:"clients"`
+			}{clients}, nil)
 		})
 	}
 	if opts.Metrics != nil {

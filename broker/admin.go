@@ -21,7 +21,7 @@ func (b *Broker) bindAdmin() error {
 	}
 	var ln net.Listener
 	if strings.HasPrefix(addr, "/") {
-		sock, err := listenUnix(addr, 0o660, -1)
+		sock, err := listenUnix(addr, 0o660, -1, -1)
 		if err != nil {
 			return fmt.Errorf("listen on admin socket %s: %w", addr, err)
 		}
@@ -36,12 +36,32 @@ func (b *Broker) bindAdmin() error {
 		b.adminAddr = tl.Addr().String()
 	}
 	b.admin = &http.Server{
-		Handler:           admin.Handler(healthSource{b}, admin.Options{SelfCheck: b.SelfCheck, Metrics: newRegistry(b)}),
+		Handler:           admin.Handler(healthSource{b}, admin.Options{SelfCheck: b.SelfCheck, Metrics: newRegistry(b), Clients: b.clients}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
 	}
 	b.adminLn = ln
 	return nil
+}
+
+// clients lists the connected clients for /v1/clients.
+func (b *Broker) clients() []admin.Client {
+	var out []admin.Client
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline || cl.Closed() {
+			continue
+		}
+		c := admin.Client{
+			ID: cl.ID, Identity: string(cl.Properties.Username), Listener: cl.Net.Listener, Remote: cl.Net.Remote,
+			Protocol: cl.Properties.ProtocolVersion, Subscriptions: cl.State.Subscriptions.Len(),
+			Inflight: cl.State.Inflight.Len(), Dropped: b.flow.Dropped(cl.ID), Throttled: b.limits.ThrottledOf(cl.ID),
+		}
+		if peer, ok := b.peers.Peer(cl.Net.Conn); ok && peer.Cred != nil {
+			c.UID, c.PID, c.Remote = &peer.Cred.UID, &peer.Cred.PID, ""
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // serveAdmin serves the admin API on the listener bindAdmin bound.

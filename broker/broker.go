@@ -21,13 +21,15 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 
+	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/hooks/health"
+	"github.com/tarsmq/tarsmq/hooks/limits"
 	"github.com/tarsmq/tarsmq/hooks/persist"
 	"github.com/tarsmq/tarsmq/internal/bootid"
 	"github.com/tarsmq/tarsmq/internal/flow"
+	"github.com/tarsmq/tarsmq/internal/peercred"
 	"github.com/tarsmq/tarsmq/store"
 )
 
@@ -42,6 +44,11 @@ type Broker struct {
 	srv      *mqtt.Server
 	flow     *flow.Controller
 	contract *contract.Hook
+	auth     *auth.Hook
+	limits   *limits.Hook
+	peers    peers
+	peerCred func(net.Conn) (*peercred.Cred, error)
+	certs    *certs // the TCP listener's, when it serves TLS
 	st       *store.Store
 	persist  *persist.Hook
 	health   *health.Hook
@@ -69,6 +76,16 @@ type Option func(*Broker)
 // for tests.
 func WithBootID(f func() string) Option { return func(b *Broker) { b.bootID = f } }
 
+// WithPeerCred replaces how a Unix socket peer's credentials are read
+// (SO_PEERCRED), for tests that play several users.
+func WithPeerCred(f func(net.Conn) (*peercred.Cred, error)) Option {
+	return func(b *Broker) { b.peerCred = f }
+}
+
+// outboundSlack is the room in a client's outbound channel beyond its
+// queue limit.
+const outboundSlack = 256
+
 // Health recorder timing.
 const (
 	lastSeenFlush = 5 * time.Second // heartbeats' last-seen times wait this long in memory at most
@@ -88,6 +105,12 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 	caps.MaximumMessageExpiryInterval = 0 // retained messages and sessions' messages never expire unless the publisher says so
 	caps.MaximumPacketSize = uint32(cfg.Limits.MaxPacketSize)
 	caps.MaximumInflight = uint16(cfg.Limits.MaxSessionMessages)
+	// mochi's outbound channel per client (8192 slots, 64 KiB, by default)
+	// only passes packets to flow.Conn, whose queue flow control bounds by
+	// limits.max_queued_messages; room for that plus publishers that passed
+	// the gate at the same moment is enough, and halves what each client
+	// costs.
+	caps.MaximumClientWritesPending = int32(cfg.Limits.MaxQueuedMessages + outboundSlack)
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		// mochi would gather packets in a buffer of its own before writing
@@ -105,18 +128,32 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 		flow:     flow.New(srv, log.With("component", "flow")),
 		contract: contract.New(log.With("component", "contract"), srv),
 		st:       store.New(cfg.Store, log.With("component", "store")),
+		limits:   limits.New(srv, log.With("component", "limits")),
+		peerCred: readCred,
 		bootID:   bootid.Read,
 		closed:   make(chan struct{}),
 	}
+	b.auth = auth.New(log.With("component", "auth"), auth.Options{
+		Server: srv, Conns: &b.peers, MaxClients: cfg.Limits.MaxClients, Networked: cfg.networked(),
+	})
 	for _, o := range opts {
 		o(b)
 	}
 	b.persist = persist.New(b.st, log.With("component", "persist"))
 	b.health = health.New(b.st, srv, log.With("component", "health"))
-	// Anyone who can reach a listener may connect, publish and subscribe:
-	// the listeners are local by default.
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+	// Who may connect and what they may do comes first, then the limits,
+	// so a client is refused for what it is not allowed before what it
+	// sends is checked.
+	if err := srv.AddHook(b.auth, cfg.Auth); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	lim := cfg.Limits
+	if err := srv.AddHook(b.limits, limits.Config{
+		PublishRate: lim.PublishRate, PublishBurst: lim.PublishBurst,
+		MaxTopicLength: lim.MaxTopicLength, MaxTopicLevels: lim.MaxTopicLevels,
+		MaxRetainedMessages: lim.MaxRetained, MaxRetainedBytes: int64(lim.MaxRetainedBytes),
+	}); err != nil {
+		return nil, fmt.Errorf("add limits hook: %w", err)
 	}
 	// The contract comes before flow control, so an invalid message is
 	// refused before its publisher waits for room.
@@ -192,6 +229,7 @@ func (b *Broker) start() error {
 	if err := b.srv.AddHook(b.persist, nil); err != nil {
 		return fmt.Errorf("add persist hook: %w", err)
 	}
+	b.warnUnknownIdentities(b.cfg.Auth)
 	if b.bootID() == bootid.Unknown {
 		b.log.Warn("cannot read the boot id ("+bootid.Path+"): health records will not tell this boot from earlier ones",
 			"hint", "under systemd, ProcSubset=pid hides /proc/sys")
@@ -214,6 +252,7 @@ func (b *Broker) start() error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	persist.RestoreExpiry(b.srv)
+	b.limits.CountRetained(b.srv.Topics.Retained.GetAll())
 	if err := b.check.subscribe(b.srv); err != nil {
 		return fmt.Errorf("self-check subscription: %w", err)
 	}
@@ -242,6 +281,12 @@ func (b *Broker) Connections() int {
 
 // Server is the underlying mochi server, for hooks that need it.
 func (b *Broker) Server() *mqtt.Server { return b.srv }
+
+// Auth is the auth hook, for its refusal and denial counts.
+func (b *Broker) Auth() *auth.Hook { return b.auth }
+
+// Limits is the limits hook, for what it counted.
+func (b *Broker) Limits() *limits.Hook { return b.limits }
 
 // Contract is the envelope contract hook, for its rejection counts.
 func (b *Broker) Contract() *contract.Hook { return b.contract }

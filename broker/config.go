@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/bytesize"
 	"github.com/tarsmq/tarsmq/store"
@@ -23,6 +24,7 @@ type Config struct {
 	Listeners      ListenersConfig      `yaml:"listeners"`
 	Limits         LimitsConfig         `yaml:"limits"`
 	SlowSubscriber SlowSubscriberConfig `yaml:"slow_subscriber"`
+	Auth           auth.Config          `yaml:"auth"`
 	Contract       contract.Config      `yaml:"contract"`
 	Store          store.Config         `yaml:"store"`
 	Admin          AdminConfig          `yaml:"admin"`
@@ -49,12 +51,17 @@ type UnixConfig struct {
 	Path  string `yaml:"path" env:"TARSMQ_LISTENERS_UNIX_PATH" env-description:"Unix socket path (empty: off)"`
 	Mode  string `yaml:"mode" env:"TARSMQ_LISTENERS_UNIX_MODE" env-description:"socket file mode, octal"`
 	Group string `yaml:"group" env:"TARSMQ_LISTENERS_UNIX_GROUP" env-description:"group (name or gid) that owns the socket"`
+	Owner string `yaml:"owner" env:"TARSMQ_LISTENERS_UNIX_OWNER" env-description:"user (name or uid) that owns the socket; another user than the broker's needs root"`
 }
 
 // TCPConfig is the MQTT over TCP listener.
 type TCPConfig struct {
 	Address     string `yaml:"address" env:"TARSMQ_LISTENERS_TCP_ADDRESS" env-description:"host:port (empty: off)"`
 	AllowRemote bool   `yaml:"allow_remote" env:"TARSMQ_LISTENERS_TCP_ALLOW_REMOTE" env-description:"allow a non-loopback address"`
+	// TLSCertFile and TLSKeyFile (PEM) turn on TLS; a reload (SIGHUP)
+	// reads them again, for renewed certificates.
+	TLSCertFile string `yaml:"tls_cert_file" env:"TARSMQ_LISTENERS_TCP_TLS_CERT_FILE" env-description:"PEM certificate (chain) file: serve MQTT over TLS"`
+	TLSKeyFile  string `yaml:"tls_key_file" env:"TARSMQ_LISTENERS_TCP_TLS_KEY_FILE" env-description:"PEM private key file for tls_cert_file"`
 }
 
 // WebSocketConfig is the MQTT over WebSocket listener, off by default.
@@ -71,6 +78,13 @@ type LimitsConfig struct {
 	MaxQueuedMessages  int           `yaml:"max_queued_messages" env:"TARSMQ_LIMITS_MAX_QUEUED_MESSAGES" env-description:"messages waiting to be written to one connected client"`
 	MaxQueuedBytes     bytesize.Size `yaml:"max_queued_bytes" env:"TARSMQ_LIMITS_MAX_QUEUED_BYTES" env-description:"bytes waiting to be written to one connected client"`
 	MaxSessionMessages int           `yaml:"max_session_messages" env:"TARSMQ_LIMITS_MAX_SESSION_MESSAGES" env-description:"QoS 1/2 messages kept per session, also while its client is offline"`
+	MaxClients         int           `yaml:"max_clients" env:"TARSMQ_LIMITS_MAX_CLIENTS" env-description:"clients connected at once; more are refused (CONNACK 0x97)"`
+	PublishRate        float64       `yaml:"publish_rate" env:"TARSMQ_LIMITS_PUBLISH_RATE" env-description:"publishes per second per client (0: no limit); MQTT 3.1.1 clients are slowed down, MQTT 5 ones disconnected (0x96)"`
+	PublishBurst       int           `yaml:"publish_burst" env:"TARSMQ_LIMITS_PUBLISH_BURST" env-description:"publishes a client may send at once above publish_rate"`
+	MaxTopicLength     int           `yaml:"max_topic_length" env:"TARSMQ_LIMITS_MAX_TOPIC_LENGTH" env-description:"longest topic or filter, in bytes"`
+	MaxTopicLevels     int           `yaml:"max_topic_levels" env:"TARSMQ_LIMITS_MAX_TOPIC_LEVELS" env-description:"most levels in a topic or filter"`
+	MaxRetained        int           `yaml:"max_retained_messages" env:"TARSMQ_LIMITS_MAX_RETAINED_MESSAGES" env-description:"retained messages held in all"`
+	MaxRetainedBytes   bytesize.Size `yaml:"max_retained_bytes" env:"TARSMQ_LIMITS_MAX_RETAINED_BYTES" env-description:"payload bytes of all retained messages"`
 }
 
 // SlowSubscriberConfig decides what happens when a subscriber's queue is full.
@@ -101,12 +115,20 @@ func DefaultConfig() Config {
 			MaxQueuedMessages:  4096,
 			MaxQueuedBytes:     8 << 20,
 			MaxSessionMessages: 16384,
+			MaxClients:         1000,
+			PublishRate:        2000,
+			PublishBurst:       4000,
+			MaxTopicLength:     512,
+			MaxTopicLevels:     32,
+			MaxRetained:        10000,
+			MaxRetainedBytes:   32 << 20,
 		},
 		SlowSubscriber: SlowSubscriberConfig{
-			Policy:       PolicyBlock,
+			Policy:       PolicyDrop,
 			BlockTimeout: 2 * time.Second,
 			WriteTimeout: 30 * time.Second,
 		},
+		Auth:     auth.DefaultConfig(),
 		Contract: contract.DefaultConfig(),
 		Store:    store.DefaultConfig(),
 		Admin:    AdminConfig{Address: "127.0.0.1:9883"},
@@ -211,6 +233,30 @@ func (c Config) Validate() error {
 			lim.MaxSessionMessages, need)
 	}
 
+	if lim.MaxClients < 1 {
+		bad("limits.max_clients", "%d must be at least 1", lim.MaxClients)
+	}
+	if lim.PublishRate < 0 {
+		bad("limits.publish_rate", "%v must be 0 (no limit) or positive", lim.PublishRate)
+	} else if lim.PublishRate > 0 && lim.PublishBurst < 1 {
+		bad("limits.publish_burst", "%d must be at least 1 with a publish_rate; e.g. twice the rate", lim.PublishBurst)
+	}
+	for _, l := range []struct {
+		key string
+		n   int
+	}{{"max_topic_length", lim.MaxTopicLength}, {"max_topic_levels", lim.MaxTopicLevels}, {"max_retained_messages", lim.MaxRetained}} {
+		if l.n < 0 {
+			bad("limits."+l.key, "%d must be 0 (no limit) or positive", l.n)
+		}
+	}
+	if (c.Listeners.TCP.TLSCertFile == "") != (c.Listeners.TCP.TLSKeyFile == "") {
+		bad("listeners.tcp.tls_cert_file", "TLS needs both tls_cert_file and tls_key_file")
+	} else if c.Listeners.TCP.TLSCertFile != "" {
+		if _, err := loadCertificate(c.Listeners.TCP.TLSCertFile, c.Listeners.TCP.TLSKeyFile); err != nil {
+			bad("listeners.tcp.tls_cert_file", "%v", err)
+		}
+	}
+
 	s := c.SlowSubscriber
 	switch s.Policy {
 	case PolicyBlock:
@@ -227,10 +273,26 @@ func (c Config) Validate() error {
 	if err := c.Contract.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Auth.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := c.Store.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// networked reports whether a network listener is bound beyond loopback.
+func (c Config) networked() bool {
+	for _, a := range []string{c.Listeners.TCP.Address, c.Listeners.WebSocket.Address} {
+		if a == "" {
+			continue
+		}
+		if host, _, err := net.SplitHostPort(a); err != nil || !isLoopbackHost(host) {
+			return true
+		}
+	}
+	return false
 }
 
 // ParseMode reads an octal file mode such as "0660".
@@ -240,6 +302,18 @@ func ParseMode(s string) (os.FileMode, error) {
 		return 0, fmt.Errorf("%q is not an octal file mode; use e.g. \"0660\"", s)
 	}
 	return os.FileMode(n), nil
+}
+
+// lookupUser resolves a user name or numeric uid.
+func lookupUser(name string) (int, error) {
+	if uid, err := strconv.Atoi(name); err == nil {
+		return uid, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, fmt.Errorf("user %q: %w", name, err)
+	}
+	return strconv.Atoi(u.Uid)
 }
 
 // lookupGroup resolves a group name or numeric gid.

@@ -17,11 +17,13 @@ import (
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
 )
 
-// runLoad starts a broker for load tests: as configured by edit, and with
-// contract.bind_source off so that every publisher may send as loadSource.
+// runLoad starts a broker for load tests: as configured by edit, with
+// contract.bind_source off so that every publisher may send as loadSource,
+// and no publish rate limit.
 func runLoad(t *testing.T, edit func(*broker.Config)) *broker.Broker {
 	return brokertest.Run(t, func(c *broker.Config) {
 		c.Contract.BindSource = false
+		c.Limits.PublishRate = 0
 		if edit != nil {
 			edit(c)
 		}

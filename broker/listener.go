@@ -14,7 +14,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/internal/flow"
+	"github.com/tarsmq/tarsmq/internal/peercred"
 )
 
 // connectTimeout is how long a new connection may take to send CONNECT.
@@ -32,6 +34,10 @@ type listener struct {
 	ln       net.Listener
 	addr     string // what Address reports, if not ln's address
 	wrap     func(net.Conn) net.Conn
+	local    bool                                   // the Unix socket, or bound to a loopback address
+	peers    *peers                                 // every open connection, for auth
+	maxConns int                                    // open connections the broker holds at most
+	cred     func(net.Conn) (*peercred.Cred, error) // a Unix socket peer's credentials
 	log      *slog.Logger
 	serve    func(establish func(net.Conn)) // how connections arrive; nil: Accept
 	shutdown func(net.Conn)                 // ends one connection at Close
@@ -63,6 +69,16 @@ func (l *listener) Protocol() string { return l.id }
 // Serve accepts connections until Close and hands each to mochi.
 func (l *listener) Serve(establish listeners.EstablishFn) {
 	handle := func(c net.Conn) {
+		peer := auth.Peer{Listener: l.id, Local: l.local}
+		if l.id == "unix" {
+			cred, err := l.cred(c)
+			if err != nil {
+				l.log.Warn("cannot read the credentials of a Unix socket peer; connection closed", "error", err)
+				_ = c.Close()
+				return
+			}
+			peer.Cred = cred
+		}
 		_ = c.SetReadDeadline(time.Now().Add(connectTimeout))
 		fc := l.wrap(c)
 		if !l.track(fc) {
@@ -70,6 +86,12 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		defer l.untrack(fc)
+		if !l.peers.add(fc, peer, l.maxConns) {
+			l.log.Debug("too many connections; closed a new one at once", "listener", l.id, "limit", l.maxConns)
+			_ = fc.Close()
+			return
+		}
+		defer l.peers.remove(fc)
 		if err := establish(l.id, fc); err != nil && !isDisconnect(err) {
 			l.log.Debug("client connection ended", "listener", l.id, "remote", c.RemoteAddr().String(), "error", err)
 		}
@@ -156,13 +178,26 @@ func (b *Broker) bind() error {
 	lc := b.cfg.Listeners
 	wrap := func(c net.Conn) net.Conn { return b.flow.Wrap(c) }
 	add := func(id string, ln net.Listener) *listener {
-		l := &listener{id: id, ln: ln, wrap: wrap, shutdown: b.disconnect, log: b.log, conns: map[net.Conn]struct{}{}}
+		local := true
+		if a, ok := ln.Addr().(*net.TCPAddr); ok {
+			local = a.IP.IsLoopback()
+		}
+		l := &listener{id: id, ln: ln, wrap: wrap, local: local, peers: &b.peers, cred: b.peerCred,
+			maxConns: b.cfg.Limits.MaxClients + pendingConnects,
+			shutdown: b.disconnect, log: b.log, conns: map[net.Conn]struct{}{}}
 		b.listeners = append(b.listeners, l)
 		return l
 	}
 	if lc.Unix.Path != "" {
 		mode, _ := ParseMode(lc.Unix.Mode) // validated
-		gid := -1
+		uid, gid := -1, -1
+		if lc.Unix.Owner != "" {
+			u, err := lookupUser(lc.Unix.Owner)
+			if err != nil {
+				return fmt.Errorf("listeners.unix.owner: %w", err)
+			}
+			uid = u
+		}
 		if lc.Unix.Group != "" {
 			g, err := lookupGroup(lc.Unix.Group)
 			if err != nil {
@@ -170,7 +205,7 @@ func (b *Broker) bind() error {
 			}
 			gid = g
 		}
-		sock, err := listenUnix(lc.Unix.Path, mode, gid)
+		sock, err := listenUnix(lc.Unix.Path, mode, uid, gid)
 		if err != nil {
 			return fmt.Errorf("listen on unix socket %s: %w", lc.Unix.Path, err)
 		}
@@ -183,8 +218,16 @@ func (b *Broker) bind() error {
 		if err != nil {
 			return err
 		}
-		add("tcp", ln)
+		l := add("tcp", ln)
 		b.tcpAddr = ln.Addr()
+		if lc.TCP.TLSCertFile != "" {
+			c, err := newCerts(lc.TCP.TLSCertFile, lc.TCP.TLSKeyFile)
+			if err != nil {
+				return fmt.Errorf("listeners.tcp: %w", err)
+			}
+			b.certs = c
+			l.ln = c.listener(ln)
+		}
 	}
 	if lc.WebSocket.Address != "" {
 		ln, err := listenTCP("listeners.websocket.address", lc.WebSocket.Address)

@@ -5,6 +5,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/tarsmq/tarsmq/envelope"
+	"github.com/tarsmq/tarsmq/hooks/auth"
+	"github.com/tarsmq/tarsmq/hooks/limits"
 	"github.com/tarsmq/tarsmq/internal/buildinfo"
 )
 
@@ -16,6 +18,7 @@ type metrics struct {
 	clients, retained, inflight, services, notOK *prometheus.Desc
 	msgsIn, msgsOut, bytesIn, bytesOut           *prometheus.Desc
 	dropped, rejections, storeSize, storeErrors  *prometheus.Desc
+	refused, denied, limited, retainedBytes      *prometheus.Desc
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -23,26 +26,30 @@ func newMetrics(b *Broker) *metrics {
 		return prometheus.NewDesc("tarsmq_"+name, help, labels, nil)
 	}
 	return &metrics{
-		b:           b,
-		clients:     d("clients_connected", "MQTT clients connected now."),
-		retained:    d("retained_messages", "Retained messages held."),
-		inflight:    d("inflight_messages", "QoS 1/2 messages in flight, sessions of offline clients included."),
-		msgsIn:      d("messages_received_total", "Messages published to the broker by clients, and by the broker itself (contract rejections, offline notices); self-checks are not counted."),
-		msgsOut:     d("messages_sent_total", "PUBLISH packets sent to clients."),
-		bytesIn:     d("bytes_received_total", "Bytes received from clients."),
-		bytesOut:    d("bytes_sent_total", "Bytes sent to clients."),
-		dropped:     d("dropped_messages_total", "Messages dropped for a client: slow_subscriber (its queue was full), session_full (limits.max_session_messages).", "reason"),
-		rejections:  d("contract_rejections_total", "Messages refused by the envelope contract, by rule.", "rule"),
-		storeSize:   d("store_size_bytes", "Size of the store on disk: lsm (tables, manifest), vlog (value log, memtable logs).", "part"),
-		storeErrors: d("store_write_errors_total", "Writes to the store that failed."),
-		services:    d("health_services", "Services with health on record."),
-		notOK:       d("health_services_not_ok", "Services whose latest health is not ok."),
+		b:             b,
+		clients:       d("clients_connected", "MQTT clients connected now."),
+		retained:      d("retained_messages", "Retained messages held."),
+		inflight:      d("inflight_messages", "QoS 1/2 messages in flight, sessions of offline clients included."),
+		msgsIn:        d("messages_received_total", "Messages published to the broker by clients, and by the broker itself (contract rejections, offline notices); self-checks are not counted."),
+		msgsOut:       d("messages_sent_total", "PUBLISH packets sent to clients."),
+		bytesIn:       d("bytes_received_total", "Bytes received from clients."),
+		bytesOut:      d("bytes_sent_total", "Bytes sent to clients."),
+		dropped:       d("dropped_messages_total", "Messages dropped for a client: slow_subscriber (its queue was full), session_full (limits.max_session_messages).", "reason"),
+		rejections:    d("contract_rejections_total", "Messages refused by the envelope contract, by rule.", "rule"),
+		storeSize:     d("store_size_bytes", "Size of the store on disk: lsm (tables, manifest), vlog (value log, memtable logs).", "part"),
+		storeErrors:   d("store_write_errors_total", "Writes to the store that failed."),
+		services:      d("health_services", "Services with health on record."),
+		notOK:         d("health_services_not_ok", "Services whose latest health is not ok."),
+		refused:       d("connections_refused_total", "Connections refused at CONNECT: max_clients, bad_credentials, anonymous, unknown_peer (socket uid not in auth.identities), client_id, will_denied.", "reason"),
+		denied:        d("acl_denials_total", "Publishes and subscriptions the ACL denied.", "action"),
+		limited:       d("limit_actions_total", "What the limits did: throttled (an MQTT 3.1.1 publisher waited for its rate), disconnected (an MQTT 5 one over it), topic_length, topic_levels, retained_messages, retained_bytes (refused).", "limit"),
+		retainedBytes: d("retained_bytes", "Payload bytes of all retained messages."),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.clients, m.retained, m.inflight, m.msgsIn, m.msgsOut, m.bytesIn, m.bytesOut,
-		m.dropped, m.rejections, m.storeSize, m.storeErrors, m.services, m.notOK} {
+		m.dropped, m.rejections, m.storeSize, m.storeErrors, m.services, m.notOK, m.refused, m.denied, m.limited, m.retainedBytes} {
 		ch <- d
 	}
 }
@@ -75,6 +82,18 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.rejections, float64(n), string(r))
 	}
 	counter(m.storeErrors, float64(b.persist.WriteErrors()+b.health.WriteErrors()))
+	labelled := func(d *prometheus.Desc, counts map[string]uint64, labels ...string) {
+		for _, l := range labels { // every label, so a rate() sees its first event
+			counter(d, float64(counts[l]), l)
+		}
+	}
+	labelled(m.refused, b.auth.Refusals(), auth.RefusedMaxClients, auth.RefusedPassword, auth.RefusedAnonymous,
+		auth.RefusedUnknownUID, auth.RefusedClientID, auth.RefusedWill)
+	labelled(m.denied, b.auth.Denials(), "publish", "subscribe")
+	labelled(m.limited, b.limits.Counts(), limits.Throttled, limits.Disconnected, limits.TopicLength, limits.TopicLevels,
+		limits.RetainedMessages, limits.RetainedBytes)
+	_, rb := b.limits.Retained()
+	gauge(m.retainedBytes, float64(rb))
 	if !b.st.Opened() {
 		return
 	}

@@ -156,7 +156,9 @@ func TestMetricsCountTraffic(t *testing.T) {
 	before := scrape(t, b)
 	for _, name := range []string{"tarsmq_clients_connected", "tarsmq_messages_received_total", "tarsmq_bytes_sent_total",
 		"tarsmq_inflight_messages", "tarsmq_dropped_messages_total{reason=slow_subscriber}", "tarsmq_store_write_errors_total",
-		"tarsmq_health_services_not_ok", "go_goroutines", "process_resident_memory_bytes"} {
+		"tarsmq_health_services_not_ok", "go_goroutines", "process_resident_memory_bytes",
+		"tarsmq_connections_refused_total{reason=max_clients}", "tarsmq_acl_denials_total{action=publish}",
+		"tarsmq_limit_actions_total{limit=throttled}", "tarsmq_retained_bytes"} {
 		if _, ok := before[name]; !ok {
 			t.Errorf("/metrics has no %s", name)
 		}
@@ -200,6 +202,7 @@ func TestMetricsCountTraffic(t *testing.T) {
 	moved("tarsmq_bytes_received_total", 100)
 	moved("tarsmq_bytes_sent_total", 100)
 	moved("tarsmq_retained_messages", 2)
+	moved("tarsmq_retained_bytes", 200)
 	moved("tarsmq_contract_rejections_total{rule=missing}", 1)
 	moved("tarsmq_contract_rejections_total{rule=identity}", 1)
 	moved("tarsmq_health_services", 1)

@@ -22,12 +22,12 @@ type unixSocket struct {
 	ino  uint64
 }
 
-// listenUnix binds a Unix socket at path with the given file mode and group
-// (gid -1: leave it). A stale socket file is replaced; a socket another
+// listenUnix binds a Unix socket at path with the given file mode, owner
+// and group (uid, gid -1: leave it). A stale socket file is replaced; a socket another
 // process serves is not: the lock file beside it tells a running tarsmq, and a
 // test connection tells any other server. The socket appears at path with its
 // final mode and group already set.
-func listenUnix(path string, mode os.FileMode, gid int) (_ *unixSocket, err error) {
+func listenUnix(path string, mode os.FileMode, uid, gid int) (_ *unixSocket, err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
@@ -69,9 +69,9 @@ func listenUnix(path string, mode os.FileMode, gid int) (_ *unixSocket, err erro
 	if err := os.Chmod(bindPath, mode); err != nil {
 		return nil, fmt.Errorf("set socket mode: %w", err)
 	}
-	if gid >= 0 {
-		if err := os.Chown(bindPath, -1, gid); err != nil {
-			return nil, fmt.Errorf("set socket group to gid %d: %w (the broker's user must belong to that group)", gid, err)
+	if uid >= 0 || gid >= 0 {
+		if err := os.Chown(bindPath, uid, gid); err != nil {
+			return nil, fmt.Errorf("set socket owner %d and group %d (-1: unchanged): %w (another owner needs root; another group, that the broker's user belongs to it)", uid, gid, err)
 		}
 	}
 	if bindPath != path {

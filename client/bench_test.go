@@ -22,7 +22,7 @@ type benchData struct {
 }
 
 func benchBroker(b *testing.B) *broker.Broker {
-	return brokertest.Run(b, func(c *broker.Config) { c.Store.Sync = false })
+	return brokertest.Run(b, func(c *broker.Config) { c.Store.Sync, c.Limits.PublishRate = false, 0 })
 }
 
 func benchClient(b *testing.B, url, id string) *client.Client {

@@ -32,6 +32,11 @@ if grep -q '^ProcSubset=pid' systemd/tarsmq.service; then
   echo "check-unit: ProcSubset=pid hides the boot id the health records need" >&2
   exit 1
 fi
+# auth.socket: peercred needs the real uids of its peers.
+if grep -q '^PrivateUsers=\(yes\|true\|1\|on\)' systemd/tarsmq.service; then
+  echo "check-unit: PrivateUsers maps every peer's uid to nobody: peercred identities would break" >&2
+  exit 1
+fi
 
 line="$(systemd-analyze security --offline=true systemd/tarsmq.service 2>&1 | grep 'Overall exposure level')"
 score="$(echo "$line" | sed -E 's/.*: ([0-9]+\.[0-9]+).*/\1/')"

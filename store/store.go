@@ -70,7 +70,7 @@ func (s *Store) Open() (err error) {
 	if err := s.cfg.Validate(); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(s.cfg.Dir, 0o700); err != nil {
+	if err := s.makeDir(); err != nil {
 		return fmt.Errorf("open store %q: %w", s.cfg.Dir, err)
 	}
 	if err := checkDirMode(s.cfg.Dir); err != nil {
@@ -194,6 +194,28 @@ func isDamage(err error) bool {
 		return false
 	}
 	return true
+}
+
+// makeDir creates the store directory with its configured mode and group,
+// unless it exists.
+func (s *Store) makeDir() error {
+	if _, err := os.Stat(s.cfg.Dir); err == nil {
+		return nil
+	}
+	mode, _ := s.cfg.dirMode() // validated
+	gid, err := s.cfg.dirGroup()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.cfg.Dir, 0o700); err != nil {
+		return err
+	}
+	if gid >= 0 {
+		if err := os.Chown(s.cfg.Dir, -1, gid); err != nil {
+			return fmt.Errorf("set group %s: %w (the broker's user must belong to it)", s.cfg.DirGroup, err)
+		}
+	}
+	return os.Chmod(s.cfg.Dir, mode)
 }
 
 // checkDirMode refuses a state directory others can write to: anyone who

@@ -260,6 +260,19 @@ func TestRefusesWorldWritableDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	closeStore(t, open(t, cfg))
+
+	// A directory the store creates gets store.dir_mode; a world-writable
+	// dir_mode is refused before anything is created.
+	fresh := testConfig(t)
+	fresh.Dir, fresh.DirMode = filepath.Join(t.TempDir(), "new"), "0750"
+	closeStore(t, open(t, fresh))
+	if fi, err := os.Stat(fresh.Dir); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Fatalf("created dir: %v %v", fi.Mode(), err)
+	}
+	fresh.DirMode = "0777"
+	if err := fresh.Validate(); err == nil || !strings.Contains(err.Error(), "store.dir_mode") {
+		t.Fatalf("0777 dir_mode: %v", err)
+	}
 }
 
 func TestRefuses32Bit(t *testing.T) {

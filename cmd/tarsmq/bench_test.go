@@ -90,6 +90,7 @@ func seed(b *testing.B, dir string, retained, services, history int) {
 	cfg.Store.Dir = filepath.Join(dir, "state")
 	cfg.Store.Sync = false // seeding speed only
 	cfg.Contract.BindSource = false
+	cfg.Limits.PublishRate, cfg.Limits.MaxRetained = 0, 0
 	br := brokertest.Start(b, cfg, brokertest.Logger())
 	c := mqtttest.Dial(b, "unix", br.SocketPath(), mqtttest.V311)
 	c.Connect("seed", nil)

@@ -50,6 +50,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return (&PubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "sub":
 		return (&SubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "passwd":
+		return (&PasswdCommand{Stdin: os.Stdin, Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "version":
 		return (&VersionCommand{Stdout: m.Stdout}).Run(ctx, rest)
 	case "help", "-h", "-help", "--help":
@@ -75,6 +77,7 @@ Commands:
 	pub       publish one envelope
 	sub       print the envelopes arriving on a topic filter
 	config    print the effective configuration, or what is wrong with it
+	passwd    add, change or delete a user's password in a password file
 	version   print the version, commit and build date
 
 Run 'tarsmq <command> --help' for a command's flags.

@@ -52,6 +52,13 @@ func run(t testing.TB, env []string, args ...string) (stdout, stderr string, cod
 	t.Helper()
 	cmd := exec.Command(tarsmq, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return runCmd(t, cmd)
+}
+
+// runCmd runs cmd, a tarsmq command set up as a test needs, and returns
+// its output and exit code.
+func runCmd(t testing.TB, cmd *exec.Cmd) (stdout, stderr string, code int) {
+	t.Helper()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()

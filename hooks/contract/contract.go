@@ -28,6 +28,7 @@ import (
 
 	"github.com/tarsmq/tarsmq/envelope"
 	"github.com/tarsmq/tarsmq/internal/lograte"
+	"github.com/tarsmq/tarsmq/internal/reject"
 	"github.com/tarsmq/tarsmq/internal/topic"
 )
 
@@ -49,9 +50,6 @@ var (
 	CodeInvalid      = packets.ErrPayloadFormatInvalid.Code // 0x99
 	CodeUnauthorized = packets.ErrNotAuthorized.Code        // 0x87
 )
-
-// maxReasonLen bounds the reason string sent back to a publisher.
-const maxReasonLen = 256
 
 // Hook enforces the contract. Create it with New and add it to the broker
 // with Server.AddHook(hook, Config{...}).
@@ -175,28 +173,11 @@ func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if !p.cfg.Enforce {
 		return pk, nil
 	}
-	if cl.Properties.ProtocolVersion < 5 || pk.FixedHeader.Qos == 0 {
-		// Acknowledged as usual (a 3.1.1 QoS 1 PUBACK, the QoS 2 flow),
-		// neither delivered nor retained.
-		return pk, packets.CodeSuccessIgnore
-	}
-	// MQTT 5 at QoS 1/2: answer with the reason ourselves, then have mochi
-	// drop the packet without an ack of its own. (mochi would send a PUBACK
-	// even for QoS 2, and log the rejection as an error with its payload.)
-	ack := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Puback},
-		PacketID:    pk.PacketID,
-		ReasonCode:  CodeInvalid,
-		Properties:  packets.Properties{ReasonString: truncate(err.Error(), maxReasonLen)},
-	}
-	if pk.FixedHeader.Qos == 2 {
-		ack.FixedHeader.Type = packets.Pubrec
-	}
+	code := CodeInvalid
 	if err.Rule == envelope.RuleIdentity {
-		ack.ReasonCode = CodeUnauthorized
+		code = CodeUnauthorized
 	}
-	_ = cl.WritePacket(ack)
-	return pk, packets.ErrRejectPacket
+	return pk, reject.Publish(cl, pk, code, err.Error())
 }
 
 func (p *policy) exempt(name string) bool {
@@ -312,15 +293,4 @@ func validateSchema(sch *jsonschema.Schema, data []byte) *envelope.Error {
 		return &envelope.Error{Field: "data", Rule: envelope.RuleSchema, Detail: "does not match the topic's schema: " + ve.Error()}
 	}
 	return &envelope.Error{Field: "data", Rule: envelope.RuleSchema, Detail: err.Error()}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && s[cut]&0xc0 == 0x80 { // do not split a UTF-8 sequence
-		cut--
-	}
-	return s[:cut] + "…"
 }

@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tarsmq/tarsmq/broker"
 	"github.com/tarsmq/tarsmq/envelope"
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/brokertest"
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
+	"github.com/tarsmq/tarsmq/internal/passwd"
 )
 
 // env is a valid envelope from source; edit may change its JSON text.
@@ -195,13 +197,26 @@ func TestIdentity(t *testing.T) {
 	}
 	expectOnly(t, sub, envelope.HealthTopic("stt-worker"), own)
 
-	// The username counts as the identity too.
-	named := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
-	named.Connect("random-1234", func(pk *packets.Packet) {
-		pk.Connect.Username, pk.Connect.UsernameFlag = []byte("tts-worker"), true
-	})
-	if ack := named.Publish(envelope.HealthTopic("tts-worker"), health("tts-worker"), 1, false); ack.ReasonCode != 0 {
-		t.Fatalf("health under the username refused: %#x %s", ack.ReasonCode, ack.Properties.ReasonString)
+	// A claimed username is no identity...
+	claim := func(b *broker.Broker, password string) *mqtttest.Client {
+		c := mqtttest.Dial(t, "tcp", b.Addr().String(), mqtttest.V5)
+		c.Connect("random-1234", func(pk *packets.Packet) {
+			pk.Connect.Username, pk.Connect.UsernameFlag = []byte("tts-worker"), true
+			pk.Connect.Password, pk.Connect.PasswordFlag = []byte(password), password != ""
+		})
+		return c
+	}
+	if ack := claim(b, "").Publish(envelope.HealthTopic("tts-worker"), health("tts-worker"), 1, false); ack.ReasonCode != contract.CodeUnauthorized {
+		t.Fatalf("health under an unverified username: %#x, want %#x", ack.ReasonCode, contract.CodeUnauthorized)
+	}
+	// ...a verified one is.
+	pwfile := filepath.Join(t.TempDir(), "passwd")
+	if err := passwd.Set(pwfile, "tts-worker", "s3cret", bcrypt.MinCost); err != nil {
+		t.Fatal(err)
+	}
+	authed := brokertest.Run(t, func(c *broker.Config) { c.Auth.PasswordFile = pwfile })
+	if ack := claim(authed, "s3cret").Publish(envelope.HealthTopic("tts-worker"), health("tts-worker"), 1, false); ack.ReasonCode != 0 {
+		t.Fatalf("health under the verified username refused: %#x %s", ack.ReasonCode, ack.Properties.ReasonString)
 	}
 
 	// With bind_source off, other topics take any source.

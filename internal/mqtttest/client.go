@@ -53,6 +53,12 @@ func Dial(t testing.TB, network, address string, version byte) *Client {
 	if err != nil {
 		t.Fatalf("dial %s %s: %v", network, address, err)
 	}
+	return New(t, conn, version)
+}
+
+// New is a client on a connection already made (such as a TLS one),
+// without CONNECT sent.
+func New(t testing.TB, conn net.Conn, version byte) *Client {
 	c := &Client{t: t, conn: conn, version: version, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	go c.readLoop()
