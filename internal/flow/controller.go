@@ -246,9 +246,20 @@ func (ctl *Controller) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
 	ctl.countDrop(cl.ID)
 }
 
+// maxTrackedClients bounds the per-client drop counts: beyond it, drops
+// of clients not yet tracked are counted under OtherClients, so clients
+// with random ids cannot grow the map for ever.
+const maxTrackedClients = 1024
+
+// OtherClients is the key of drops of clients beyond maxTrackedClients.
+const OtherClients = "_other"
+
 func (ctl *Controller) countDrop(clientID string) {
 	ctl.dropped.Add(1)
 	ctl.dropsMu.Lock()
+	if _, ok := ctl.drops[clientID]; !ok && len(ctl.drops) >= maxTrackedClients {
+		clientID = OtherClients
+	}
 	ctl.drops[clientID]++
 	ctl.dropsMu.Unlock()
 }
