@@ -22,19 +22,20 @@ import (
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
 	"github.com/tarsmq/tarsmq/internal/passwd"
 	"github.com/tarsmq/tarsmq/internal/peercred"
+	"github.com/tarsmq/tarsmq/internal/userdb/userdbtest"
 )
 
 // playUsers makes the broker see each new Unix socket connection as the
 // next credential sent on the returned channel (the test dials one at a
 // time), and as this process when none is waiting.
-func playUsers(t *testing.T, edit func(*broker.Config)) (*broker.Broker, chan<- peercred.Cred) {
+func playUsers(t *testing.T, edit func(*broker.Config), opts ...broker.Option) (*broker.Broker, chan<- peercred.Cred) {
 	t.Helper()
 	next := make(chan peercred.Cred, 8)
 	cfg := brokertest.Config(t)
 	if edit != nil {
 		edit(&cfg)
 	}
-	b := brokertest.Start(t, cfg, brokertest.Logger(), broker.WithPeerCred(func(c net.Conn) (*peercred.Cred, error) {
+	opts = append(opts, broker.WithPeerCred(func(c net.Conn) (*peercred.Cred, error) {
 		select {
 		case cr := <-next:
 			return &cr, nil
@@ -43,6 +44,7 @@ func playUsers(t *testing.T, edit func(*broker.Config)) (*broker.Broker, chan<- 
 			return &cr, err
 		}
 	}))
+	b := brokertest.Start(t, cfg, brokertest.Logger(), opts...)
 	return b, next
 }
 
@@ -165,6 +167,30 @@ func TestTwoServicesUnderDifferentUIDs(t *testing.T) {
 	}
 	if n := b.Auth().Denials(); n["publish"] != 1 || n["subscribe"] != 2 {
 		t.Fatalf("denials %v", n)
+	}
+}
+
+// A systemd DynamicUser= service, whose uid /etc/passwd does not know, is
+// known by the name systemd gave it (its unit's), not by its number.
+func TestDynamicUserNamedBySystemd(t *testing.T) {
+	db := userdbtest.Fake(t, map[uint32]string{64108: "nav"})
+	b, as := playUsers(t, func(c *broker.Config) {
+		c.Auth.Socket = auth.SocketPeerCred
+		c.Auth.Identities = []auth.Identity{{Group: "995"}}
+		c.Auth.ACL = robotACL
+	}, broker.WithUserDB(db))
+	as <- peercred.Cred{UID: 64108, GID: 64108, Groups: []uint32{995}}
+	c, ack := connack(t, "unix", b.SocketPath(), mqtttest.V5, "nav", nil)
+	if ack.ReasonCode != 0 {
+		t.Fatalf("DynamicUser nav refused: %#x %q", ack.ReasonCode, ack.Properties.ReasonString)
+	}
+	if got := c.Publish(envelope.HealthTopic("nav"), envHealth("nav"), 1, true); got.ReasonCode != 0 {
+		t.Fatalf("nav's health: %#x %q", got.ReasonCode, got.Properties.ReasonString)
+	}
+	as <- peercred.Cred{UID: 64109, GID: 64109, Groups: []uint32{995}} // not in the database either
+	if _, ack := connack(t, "unix", b.SocketPath(), mqtttest.V5, "ghost", nil); ack.ReasonCode != packets.ErrClientIdentifierNotValid.Code ||
+		!strings.Contains(ack.Properties.ReasonString, "uid-64109") {
+		t.Fatalf("nameless uid: %#x %q", ack.ReasonCode, ack.Properties.ReasonString)
 	}
 }
 

@@ -30,6 +30,7 @@ import (
 	"github.com/tarsmq/tarsmq/internal/bootid"
 	"github.com/tarsmq/tarsmq/internal/flow"
 	"github.com/tarsmq/tarsmq/internal/peercred"
+	"github.com/tarsmq/tarsmq/internal/userdb"
 	"github.com/tarsmq/tarsmq/store"
 )
 
@@ -48,6 +49,7 @@ type Broker struct {
 	limits   *limits.Hook
 	peers    peers
 	peerCred func(net.Conn) (*peercred.Cred, error)
+	userDB   string
 	certs    *certs // the TCP listener's, when it serves TLS
 	st       *store.Store
 	persist  *persist.Hook
@@ -75,6 +77,10 @@ type Option func(*Broker)
 // WithBootID replaces the boot id source (/proc/sys/kernel/random/boot_id),
 // for tests.
 func WithBootID(f func() string) Option { return func(b *Broker) { b.bootID = f } }
+
+// WithUserDB sets systemd's dynamic user database socket, which names the
+// uids of DynamicUser= services (default: userdb.DynamicUserSocket; "" off).
+func WithUserDB(path string) Option { return func(b *Broker) { b.userDB = path } }
 
 // WithPeerCred replaces how a Unix socket peer's credentials are read
 // (SO_PEERCRED), for tests that play several users.
@@ -130,15 +136,16 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 		st:       store.New(cfg.Store, log.With("component", "store")),
 		limits:   limits.New(srv, log.With("component", "limits")),
 		peerCred: readCred,
+		userDB:   userdb.DynamicUserSocket,
 		bootID:   bootid.Read,
 		closed:   make(chan struct{}),
 	}
-	b.auth = auth.New(log.With("component", "auth"), auth.Options{
-		Server: srv, Conns: &b.peers, MaxClients: cfg.Limits.MaxClients, Networked: cfg.networked(),
-	})
 	for _, o := range opts {
 		o(b)
 	}
+	b.auth = auth.New(log.With("component", "auth"), auth.Options{
+		Server: srv, Conns: &b.peers, MaxClients: cfg.Limits.MaxClients, Networked: cfg.networked(), UserDB: b.userDB,
+	})
 	b.persist = persist.New(b.st, log.With("component", "persist"))
 	b.health = health.New(b.st, srv, log.With("component", "health"))
 	// Who may connect and what they may do comes first, then the limits,

@@ -34,6 +34,7 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
@@ -119,7 +120,8 @@ func (c *Client) ClientID() string { return c.cfg.ClientID }
 // Connect starts the connection and returns once it is up, or when ctx ends
 // (the client keeps trying in the background until Close), or when the
 // broker refuses the client in a way retrying cannot fix (bad credentials,
-// a client id not allowed), which also stops the retries.
+// a client id not allowed, no permission on the socket), which also stops
+// the retries.
 func (c *Client) Connect(ctx context.Context) error {
 	if c.cm != nil {
 		return errors.New("client: Connect called twice")
@@ -217,9 +219,18 @@ var fatalCodes = map[byte]bool{0x84: true, 0x85: true, 0x86: true, 0x87: true, 0
 
 func (c *Client) onConnectError(err error) {
 	var ce *autopaho.ConnackError
-	if errors.As(err, &ce) && fatalCodes[ce.ReasonCode] {
+	var fatal error
+	switch {
+	case errors.As(err, &ce) && fatalCodes[ce.ReasonCode]:
+		fatal = fmt.Errorf("client: the broker refused %q: %s (reason %#x)", c.cfg.ClientID, ce.Reason, ce.ReasonCode)
+	case c.ep.network == "unix" && errors.Is(err, syscall.EACCES):
+		// A process's groups do not change while it runs: retrying is
+		// no use.
+		fatal = fmt.Errorf("client: no permission to connect to the socket %s: the process must be in the socket's group (for the packaged broker: SupplementaryGroups=tarsmq in the service's unit, or usermod -aG tarsmq USER)", c.ep.address)
+	}
+	if fatal != nil {
 		select {
-		case c.fatal <- fmt.Errorf("client: the broker refused %q: %s (reason %#x)", c.cfg.ClientID, ce.Reason, ce.ReasonCode):
+		case c.fatal <- fatal:
 		default:
 		}
 		return

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,22 @@ auth:
 	if out, code := pub(65534, "svc-a", "system/health/svc-a"); code != 0 {
 		t.Fatalf("svc-a's own health: exit %d\n%s\n%s", code, out, s.log())
 	}
+	// A user without write permission on the socket is told at once,
+	// with the fix, instead of retrying.
+	private := filepath.Join(dir, "private.sock")
+	ln, err := net.Listen("unix", private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(private, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runAs(t, 65534, "pub", "--url", "unix://"+private, "--id", "svc-a", "-t", "x", "--type", "a.b")
+	if code == 0 || !strings.Contains(out, "must be in the socket's group") { // the message of the no-retry path
+		t.Errorf("no permission on the socket: exit %d:\n%s", code, out)
+	}
+
 	for _, tc := range []struct {
 		uid       uint32
 		id, topic string

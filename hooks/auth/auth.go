@@ -61,6 +61,9 @@ type Options struct {
 	// Networked says a listener is bound beyond loopback: then
 	// allow_anonymous: auto means false.
 	Networked bool
+	// UserDB is systemd's dynamic user database socket, to name the uids
+	// of DynamicUser= services; "" turns it off.
+	UserDB string
 }
 
 // Reasons a connection is refused, as counted.
@@ -94,11 +97,17 @@ func New(log *slog.Logger, opts Options) *Hook {
 // ID names the hook.
 func (h *Hook) ID() string { return "auth" }
 
-// Provides lists the events the hook handles.
-func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPublish, mqtt.OnSubscribe}, []byte{b})
+// authEvents are the events the hook handles.
+var authEvents = []byte{
+	mqtt.OnConnect,
+	mqtt.OnConnectAuthenticate,
+	mqtt.OnACLCheck,
+	mqtt.OnPublish,
+	mqtt.OnSubscribe,
 }
+
+// Provides says whether the hook handles event b.
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(authEvents, b) >= 0 }
 
 // SetOpts keeps the hook's own logger rather than mochi's.
 func (h *Hook) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { h.Opts = opts }
@@ -145,7 +154,7 @@ func (h *Hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	var identity string
 	switch {
 	case peer.Cred != nil && p.cfg.Socket == SocketPeerCred:
-		name, ids, ok := p.resolve(*peer.Cred)
+		name, ids, ok := p.resolve(*peer.Cred, func(uid uint32) string { return UserName(uid, h.opts.UserDB) })
 		if !ok {
 			return h.refuse(cl, peer, RefusedUnknownUID, packets.ErrNotAuthorized, packets.Err3NotAuthorized,
 				fmt.Sprintf("uid %d (pid %d) is not mapped to an identity (auth.identities)", peer.Cred.UID, peer.Cred.PID))

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/tarsmq/tarsmq/internal/peercred"
+	"github.com/tarsmq/tarsmq/internal/userdb"
 )
 
 // identity is a compiled Identity. A user or group this machine does not
@@ -105,23 +106,30 @@ func lookupGroup(s string) (uint32, error) {
 	return uint32(n), err
 }
 
-// userName is the name of uid, or "uid-N" when it has none.
-func userName(uid uint32) string {
+// UserName is the name of uid: from /etc/passwd, else, for a systemd
+// DynamicUser= service, from systemd's user database at userDB (a static
+// binary cannot ask NSS), else "uid-N".
+func UserName(uid uint32, userDB string) string {
 	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil && validName(u.Username) == "" {
 		return u.Username
+	}
+	if userDB != "" {
+		if name, err := userdb.LookupUID(userDB, uid); err == nil && validName(name) == "" {
+			return name
+		}
 	}
 	return "uid-" + strconv.FormatUint(uint64(uid), 10)
 }
 
 // resolve maps a socket peer to its identity and the client ids it may
-// use: the first entry that matches wins.
-func (p *policy) resolve(c peercred.Cred) (name string, clientIDs []string, ok bool) {
+// use: the first entry that matches wins. nameOf names a uid.
+func (p *policy) resolve(c peercred.Cred, nameOf func(uint32) string) (name string, clientIDs []string, ok bool) {
 	for _, id := range p.identities {
 		n, ok := id.lookup()
 		if ok && ((id.byUser && c.UID == n) || (!id.byUser && c.InGroup(n))) {
 			name = id.name
 			if name == "" {
-				name = userName(c.UID)
+				name = nameOf(c.UID)
 			}
 			clientIDs = id.clientIDs
 			if len(clientIDs) == 0 {

@@ -84,10 +84,14 @@ func New(log *slog.Logger, pub Publisher) *Hook {
 // ID names the hook.
 func (h *Hook) ID() string { return "envelope-contract" }
 
-// Provides says the hook handles OnPublish, and OnConnect for wills.
-func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnPublish}, []byte{b})
+// contractEvents are the events the hook handles.
+var contractEvents = []byte{
+	mqtt.OnConnect,
+	mqtt.OnPublish,
 }
+
+// Provides says the hook handles OnPublish, and OnConnect for wills.
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(contractEvents, b) >= 0 }
 
 // SetOpts keeps the hook's own logger rather than mochi's.
 func (h *Hook) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { h.Opts = opts }

@@ -71,10 +71,16 @@ func New(st *store.Store, srv *mqtt.Server, log *slog.Logger) *Hook {
 // ID names the hook.
 func (h *Hook) ID() string { return "health-recorder" }
 
-// Provides lists the events the recorder handles.
-func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPublish, mqtt.OnPublished, mqtt.OnDisconnect, mqtt.OnWill}, []byte{b})
+// healthEvents are the events the hook handles.
+var healthEvents = []byte{
+	mqtt.OnPublish,
+	mqtt.OnPublished,
+	mqtt.OnDisconnect,
+	mqtt.OnWill,
 }
+
+// Provides lists the events the recorder handles.
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(healthEvents, b) >= 0 }
 
 // SetOpts keeps the hook's own logger rather than mochi's.
 func (h *Hook) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { h.Opts = opts }

@@ -79,11 +79,18 @@ func New(srv *mqtt.Server, log *slog.Logger) *Hook {
 // ID names the hook.
 func (h *Hook) ID() string { return "limits" }
 
-// Provides lists the events the hook handles.
-func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnRetainMessage,
-		mqtt.OnRetainedExpired, mqtt.OnDisconnect}, []byte{b})
+// limitsEvents are the events the hook handles.
+var limitsEvents = []byte{
+	mqtt.OnPacketRead,
+	mqtt.OnPublish,
+	mqtt.OnSubscribe,
+	mqtt.OnRetainMessage,
+	mqtt.OnRetainedExpired,
+	mqtt.OnDisconnect,
 }
+
+// Provides says whether the hook handles event b.
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(limitsEvents, b) >= 0 }
 
 // SetOpts keeps the hook's own logger rather than mochi's.
 func (h *Hook) SetOpts(_ *slog.Logger, opts *mqtt.HookOptions) { h.Opts = opts }

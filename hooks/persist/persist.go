@@ -66,16 +66,27 @@ func New(st *store.Store, log *slog.Logger) *Hook {
 // ID names the hook.
 func (h *Hook) ID() string { return "persist" }
 
-// Provides lists the events the hook stores or loads.
-func (h *Hook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWillSent,
-		mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
-		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
-		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
-	}, []byte{b})
+// persistEvents are the events the hook handles.
+var persistEvents = []byte{
+	mqtt.OnSessionEstablished,
+	mqtt.OnDisconnect,
+	mqtt.OnClientExpired,
+	mqtt.OnWillSent,
+	mqtt.OnSubscribed,
+	mqtt.OnUnsubscribed,
+	mqtt.OnRetainMessage,
+	mqtt.OnRetainedExpired,
+	mqtt.OnQosPublish,
+	mqtt.OnQosComplete,
+	mqtt.OnQosDropped,
+	mqtt.StoredClients,
+	mqtt.StoredSubscriptions,
+	mqtt.StoredInflightMessages,
+	mqtt.StoredRetainedMessages,
 }
+
+// Provides lists the events the hook stores or loads.
+func (h *Hook) Provides(b byte) bool { return bytes.IndexByte(persistEvents, b) >= 0 }
 
 // Init takes no configuration.
 func (h *Hook) Init(config any) error {

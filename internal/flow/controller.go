@@ -118,20 +118,21 @@ func New(server *mqtt.Server, log *slog.Logger) *Controller {
 // ID names the hook.
 func (ctl *Controller) ID() string { return "flow-control" }
 
-// Provides lists the hook events the controller handles.
-func (ctl *Controller) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect,
-		mqtt.OnSessionEstablished,
-		mqtt.OnDisconnect,
-		mqtt.OnPacketRead,
-		mqtt.OnPublish,
-		mqtt.OnQosPublish,
-		mqtt.OnPublishDropped,
-		mqtt.OnSubscribed,
-		mqtt.OnUnsubscribed,
-	}, []byte{b})
+// flowEvents are the events the hook handles.
+var flowEvents = []byte{
+	mqtt.OnConnect,
+	mqtt.OnSessionEstablished,
+	mqtt.OnDisconnect,
+	mqtt.OnPacketRead,
+	mqtt.OnPublish,
+	mqtt.OnQosPublish,
+	mqtt.OnPublishDropped,
+	mqtt.OnSubscribed,
+	mqtt.OnUnsubscribed,
 }
+
+// Provides lists the hook events the controller handles.
+func (ctl *Controller) Provides(b byte) bool { return bytes.IndexByte(flowEvents, b) >= 0 }
 
 // Init takes the controller's Config.
 func (ctl *Controller) Init(config any) error {
