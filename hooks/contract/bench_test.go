@@ -57,7 +57,7 @@ func skipPacket(b *testing.B, r *bufio.Reader) byte {
 func benchBroker(b *testing.B, edit func(*broker.Config)) {
 	br := brokertest.Run(b, func(c *broker.Config) {
 		c.Contract.BindSource = false
-		c.Limits.PublishRate = 0 // measure the contract, not the rate limit
+		c.Limits.PublishRate = 0                     // measure the contract, not the rate limit
 		c.SlowSubscriber.Policy = broker.PolicyBlock // count every message: none may be dropped
 		edit(c)
 	})

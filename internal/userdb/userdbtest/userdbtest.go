@@ -52,4 +52,3 @@ func Fake(t *testing.T, users map[uint32]string) string {
 	}()
 	return path
 }
-
