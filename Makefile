@@ -16,10 +16,10 @@ ARCHES  := arm64 amd64
 DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9])/\1/; t; s/^/0.0.0~git/' | tr - +)
 NFPM    := go tool -modfile=tools/go.mod nfpm
 
-.PHONY: help build test bench lint cross deb check-unit run clean
+.PHONY: help build test bench bench-compare lint cross deb check-unit run clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## build bin/tarsmq for this machine (static, version stamped)
 	CGO_ENABLED=0 go build $(GOFLAGS_BUILD) -o $(BIN) ./cmd/tarsmq
@@ -29,6 +29,9 @@ test: ## run every test with the race detector
 
 bench: ## run the benchmarks (the cmd/tarsmq ones run the real binary for minutes)
 	go test -run XXX -bench . -benchmem -timeout 30m ./...
+
+bench-compare: ## tarsmq against Mosquitto, side by side: writes docs/benchmarks.md (about 10 minutes)
+	bench/compare.sh
 
 lint: ## gofmt, go vet, staticcheck, and go mod tidy must be clean
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi

@@ -5,6 +5,7 @@
 //	GET /v1/clients                          the connected clients: identity, listener, peer, counts
 //	GET /healthz                             200 while the broker's self-check passes, else 503
 //	GET /metrics                             Prometheus metrics
+//	GET /debug/pprof/                        Go's profiles, when admin.pprof is on
 //
 // It is served on its own listener (admin.address), loopback or a Unix
 // socket, never on the MQTT ports.
@@ -16,6 +17,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strconv"
 	"time"
@@ -126,6 +128,7 @@ type Options struct {
 	SelfCheck func(context.Context) error // for /healthz
 	Metrics   prometheus.Gatherer         // for /metrics
 	Clients   func() []Client             // for /v1/clients
+	Pprof     bool                        // serve /debug/pprof/
 }
 
 // Client is one connected client, as /v1/clients lists it.
@@ -167,6 +170,13 @@ func Handler(src Source, opts Options) http.Handler {
 				Clients []Client `json:"clients"`
 			}{clients}, nil)
 		})
+	}
+	if opts.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))

@@ -88,9 +88,12 @@ func WithPeerCred(f func(net.Conn) (*peercred.Cred, error)) Option {
 	return func(b *Broker) { b.peerCred = f }
 }
 
-// outboundSlack is the room in a client's outbound channel beyond its
-// queue limit.
-const outboundSlack = 256
+// The outbound channel of each client, and the part of it publishers past
+// the flow control gate at the same moment may still fill.
+const (
+	outboundChannel = 128
+	outboundSlack   = 32
+)
 
 // Health recorder timing.
 const (
@@ -112,11 +115,11 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 	caps.MaximumPacketSize = uint32(cfg.Limits.MaxPacketSize)
 	caps.MaximumInflight = uint16(cfg.Limits.MaxSessionMessages)
 	// mochi's outbound channel per client (8192 slots, 64 KiB, by default)
-	// only passes packets to flow.Conn, whose queue flow control bounds by
-	// limits.max_queued_messages; room for that plus publishers that passed
-	// the gate at the same moment is enough, and halves what each client
-	// costs.
-	caps.MaximumClientWritesPending = int32(cfg.Limits.MaxQueuedMessages + outboundSlack)
+	// only hands packets to flow.Conn, whose queue flow control bounds.
+	// Flow control counts a client full before the channel is, so mochi
+	// never drops from it; a small channel bounds what a client costs, and
+	// what a broker short of CPU holds, however many subscribers wait.
+	caps.MaximumClientWritesPending = outboundChannel
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		// mochi would gather packets in a buffer of its own before writing
@@ -172,6 +175,8 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 		MaxInflight:   cfg.Limits.MaxInflight,
 		QueueMessages: cfg.Limits.MaxQueuedMessages,
 		QueueBytes:    int64(cfg.Limits.MaxQueuedBytes),
+		TotalBytes:    int64(cfg.Limits.MaxQueuedTotal),
+		OutboundLimit: outboundChannel - outboundSlack,
 		Policy:        flow.Policy(s.Policy),
 		BlockTimeout:  s.BlockTimeout,
 		WriteTimeout:  s.WriteTimeout,

@@ -35,6 +35,9 @@ type Config struct {
 type AdminConfig struct {
 	Address     string `yaml:"address" env:"TARSMQ_ADMIN_ADDRESS" env-description:"admin HTTP listener: host:port or a Unix socket path (empty: off)"`
 	AllowRemote bool   `yaml:"allow_remote" env:"TARSMQ_ADMIN_ALLOW_REMOTE" env-description:"allow a non-loopback admin address"`
+	// Pprof serves Go's profiles under /debug/pprof/, for diagnosing CPU
+	// and memory use on a device.
+	Pprof bool `yaml:"pprof" env:"TARSMQ_ADMIN_PPROF" env-description:"serve Go's profiler at /debug/pprof/ on the admin listener"`
 }
 
 // ListenersConfig holds the three listeners. An empty path or address turns a
@@ -77,6 +80,7 @@ type LimitsConfig struct {
 	MaxInflight        int           `yaml:"max_inflight" env:"TARSMQ_LIMITS_MAX_INFLIGHT" env-description:"unacknowledged QoS 1/2 messages sent to one client (a v5 client's Receive Maximum lowers it)"`
 	MaxQueuedMessages  int           `yaml:"max_queued_messages" env:"TARSMQ_LIMITS_MAX_QUEUED_MESSAGES" env-description:"messages waiting to be written to one connected client"`
 	MaxQueuedBytes     bytesize.Size `yaml:"max_queued_bytes" env:"TARSMQ_LIMITS_MAX_QUEUED_BYTES" env-description:"bytes waiting to be written to one connected client"`
+	MaxQueuedTotal     bytesize.Size `yaml:"max_queued_bytes_total" env:"TARSMQ_LIMITS_MAX_QUEUED_BYTES_TOTAL" env-description:"bytes waiting to be written to all clients; beyond it the slow subscriber policy applies to every client with a backlog"`
 	MaxSessionMessages int           `yaml:"max_session_messages" env:"TARSMQ_LIMITS_MAX_SESSION_MESSAGES" env-description:"QoS 1/2 messages kept per session, also while its client is offline"`
 	MaxClients         int           `yaml:"max_clients" env:"TARSMQ_LIMITS_MAX_CLIENTS" env-description:"clients connected at once; more are refused (CONNACK 0x97)"`
 	PublishRate        float64       `yaml:"publish_rate" env:"TARSMQ_LIMITS_PUBLISH_RATE" env-description:"publishes per second per client (0: no limit); MQTT 3.1.1 clients are slowed down, MQTT 5 ones disconnected (0x96)"`
@@ -85,11 +89,15 @@ type LimitsConfig struct {
 	MaxTopicLevels     int           `yaml:"max_topic_levels" env:"TARSMQ_LIMITS_MAX_TOPIC_LEVELS" env-description:"most levels in a topic or filter"`
 	MaxRetained        int           `yaml:"max_retained_messages" env:"TARSMQ_LIMITS_MAX_RETAINED_MESSAGES" env-description:"retained messages held in all"`
 	MaxRetainedBytes   bytesize.Size `yaml:"max_retained_bytes" env:"TARSMQ_LIMITS_MAX_RETAINED_BYTES" env-description:"payload bytes of all retained messages"`
+	// MemoryLimit is the Go runtime's soft memory limit (tarsmq serve sets
+	// it unless GOMEMLIMIT does): near it the broker collects garbage
+	// harder. With it, garbage is collected less often far from it.
+	MemoryLimit bytesize.Size `yaml:"memory_limit" env:"TARSMQ_LIMITS_MEMORY_LIMIT" env-description:"soft limit of the broker's Go heap (0: none); raise it for hundreds of busy clients"`
 }
 
 // SlowSubscriberConfig decides what happens when a subscriber's queue is full.
 type SlowSubscriberConfig struct {
-	Policy       string        `yaml:"policy" env:"TARSMQ_SLOW_SUBSCRIBER_POLICY" env-description:"block (publishers wait) or drop (the subscriber loses its own messages, counted)"`
+	Policy       string        `yaml:"policy" env:"TARSMQ_SLOW_SUBSCRIBER_POLICY" env-description:"qos (QoS 0 dropped, QoS 1/2 publishers wait), block (publishers wait) or drop (the subscriber loses its own messages, counted)"`
 	BlockTimeout time.Duration `yaml:"block_timeout" env:"TARSMQ_SLOW_SUBSCRIBER_BLOCK_TIMEOUT" env-description:"longest a publisher waits for one stuck subscriber"`
 	WriteTimeout time.Duration `yaml:"write_timeout" env:"TARSMQ_SLOW_SUBSCRIBER_WRITE_TIMEOUT" env-description:"a client that accepts no bytes for this long is disconnected"`
 }
@@ -98,6 +106,7 @@ type SlowSubscriberConfig struct {
 const (
 	PolicyBlock = "block"
 	PolicyDrop  = "drop"
+	PolicyQoS   = "qos"
 )
 
 // DefaultConfig returns a configuration that runs as an unprivileged user with
@@ -112,8 +121,9 @@ func DefaultConfig() Config {
 		Limits: LimitsConfig{
 			MaxPacketSize:      4 << 20,
 			MaxInflight:        1024,
-			MaxQueuedMessages:  4096,
+			MaxQueuedMessages:  1000,
 			MaxQueuedBytes:     8 << 20,
+			MaxQueuedTotal:     16 << 20,
 			MaxSessionMessages: 16384,
 			MaxClients:         1000,
 			PublishRate:        2000,
@@ -122,10 +132,11 @@ func DefaultConfig() Config {
 			MaxTopicLevels:     32,
 			MaxRetained:        10000,
 			MaxRetainedBytes:   32 << 20,
+			MemoryLimit:        48 << 20,
 		},
 		SlowSubscriber: SlowSubscriberConfig{
-			Policy:       PolicyDrop,
-			BlockTimeout: 2 * time.Second,
+			Policy:       PolicyQoS,
+			BlockTimeout: time.Second,
 			WriteTimeout: 30 * time.Second,
 		},
 		Auth:     auth.DefaultConfig(),
@@ -228,11 +239,17 @@ func (c Config) Validate() error {
 	if lim.MaxQueuedBytes < 1<<10 {
 		bad("limits.max_queued_bytes", "%v must be at least 1KiB", lim.MaxQueuedBytes)
 	}
+	if lim.MaxQueuedTotal != 0 && lim.MaxQueuedTotal < lim.MaxQueuedBytes {
+		bad("limits.max_queued_bytes_total", "%v is less than max_queued_bytes (%v); raise it, or 0 for no total", lim.MaxQueuedTotal, lim.MaxQueuedBytes)
+	}
 	if need := lim.MaxInflight + 2*lim.MaxQueuedMessages; lim.MaxSessionMessages < need || lim.MaxSessionMessages > 65535 {
 		bad("limits.max_session_messages", "%d must be at least max_inflight + 2 × max_queued_messages (%d) and at most 65535 (the MQTT packet id space); raise it or lower those",
 			lim.MaxSessionMessages, need)
 	}
 
+	if lim.MemoryLimit != 0 && lim.MemoryLimit < 16<<20 {
+		bad("limits.memory_limit", "%v is too small for the broker itself; use at least 16MiB, or 0 for none", lim.MemoryLimit)
+	}
 	if lim.MaxClients < 1 {
 		bad("limits.max_clients", "%d must be at least 1", lim.MaxClients)
 	}
@@ -259,13 +276,13 @@ func (c Config) Validate() error {
 
 	s := c.SlowSubscriber
 	switch s.Policy {
-	case PolicyBlock:
+	case PolicyBlock, PolicyQoS:
 		if s.BlockTimeout <= 0 {
-			bad("slow_subscriber.block_timeout", "%v must be positive, e.g. 2s", s.BlockTimeout)
+			bad("slow_subscriber.block_timeout", "%v must be positive, e.g. 1s", s.BlockTimeout)
 		}
 	case PolicyDrop:
 	default:
-		bad("slow_subscriber.policy", "%q is not a policy; use %q or %q", s.Policy, PolicyBlock, PolicyDrop)
+		bad("slow_subscriber.policy", "%q is not a policy; use %q, %q or %q", s.Policy, PolicyQoS, PolicyBlock, PolicyDrop)
 	}
 	if s.WriteTimeout < time.Second {
 		bad("slow_subscriber.write_timeout", "%v is too short; use at least 1s, e.g. 30s", s.WriteTimeout)

@@ -34,8 +34,8 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		{func(c *broker.Config) { c.Limits.MaxInflight = 0 }, "limits.max_inflight:", "1 to 65535"},
 		{func(c *broker.Config) { c.Limits.MaxQueuedMessages = 0 }, "limits.max_queued_messages:", "at least 1"},
 		{func(c *broker.Config) { c.Limits.MaxSessionMessages = 100 }, "limits.max_session_messages:", "raise it"},
-		{func(c *broker.Config) { c.SlowSubscriber.Policy = "wait" }, "slow_subscriber.policy:", `"block" or "drop"`},
-		{func(c *broker.Config) { c.SlowSubscriber.Policy, c.SlowSubscriber.BlockTimeout = broker.PolicyBlock, 0 }, "slow_subscriber.block_timeout:", "2s"},
+		{func(c *broker.Config) { c.SlowSubscriber.Policy = "wait" }, "slow_subscriber.policy:", `"qos", "block" or "drop"`},
+		{func(c *broker.Config) { c.SlowSubscriber.Policy, c.SlowSubscriber.BlockTimeout = broker.PolicyBlock, 0 }, "slow_subscriber.block_timeout:", "1s"},
 		{func(c *broker.Config) { c.SlowSubscriber.WriteTimeout = time.Millisecond }, "slow_subscriber.write_timeout:", "30s"},
 	}
 	for _, tc := range cases {

@@ -1,7 +1,9 @@
 package broker_test
 
 import (
+	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,42 +73,62 @@ func TestPublishRateV311Throttled(t *testing.T) {
 }
 
 // A subscriber that never reads loses its own messages (counted for it);
-// the publisher and a fast subscriber never wait for it.
+// the publisher and a fast subscriber go on: at QoS 0 without waiting for
+// it at all, at QoS 1 after waiting block_timeout once.
 func TestSlowSubscriberDoesNotStallOthers(t *testing.T) {
-	const n = 6000
-	b := runLoad(t, func(c *broker.Config) {
-		c.Limits.MaxQueuedMessages = 1000
-		// Under the block policy this would hold the publisher for an
-		// hour: the test fails unless the default drops.
-		c.SlowSubscriber.BlockTimeout = time.Hour
-	})
-	slow, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "slow", func(pk *packets.Packet) {
-		pk.Properties.ReceiveMaximum = 10
-	})
-	slow.Subscribe("load/#", 1)
-	slow.PauseReading()
-	fast, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "fast", nil)
-	fast.Subscribe("load/#", 1)
-	pub, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "pub", nil)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range n {
-			fast.Ack(fast.Expect(packets.Publish, 0))
-		}
-	}()
-	for i := range n {
-		if got := pub.Publish("load/x", []byte(payload(0, i)), 1, false); got.ReasonCode != 0 {
-			t.Fatalf("publish %d: %#x", i, got.ReasonCode)
-		}
-	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the fast subscriber did not get every message")
-	}
-	if b.Dropped("slow") == 0 || b.Dropped("fast") != 0 {
-		t.Fatalf("drops: slow %d, fast %d", b.Dropped("slow"), b.Dropped("fast"))
+	for _, qos := range []byte{0, 1} {
+		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
+			const n = 6000
+			b := runLoad(t, func(c *broker.Config) {
+				c.Limits.MaxQueuedMessages = 1000
+				if qos == 0 {
+					// Were QoS 0 publishers to wait, this would hold them
+					// for an hour and the test would fail.
+					c.SlowSubscriber.BlockTimeout = time.Hour
+				}
+			})
+			slow, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "slow", func(pk *packets.Packet) {
+				pk.Properties.ReceiveMaximum = 10
+			})
+			slow.Subscribe("load/#", qos)
+			slow.PauseReading()
+			fast, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "fast", nil)
+			fast.Subscribe("load/#", qos)
+			pub, _ := connack(t, "unix", b.SocketPath(), mqtttest.V5, "pub", nil)
+			done := make(chan struct{})
+			var got atomic.Int64
+			go func() {
+				defer close(done)
+				for range n {
+					pk := fast.Expect(packets.Publish, 0)
+					if qos > 0 {
+						fast.Ack(pk)
+					}
+					got.Add(1)
+				}
+			}()
+			for i := range n {
+				if ack := pub.Publish("load/x", []byte(payload(0, i)), qos, false); qos > 0 && ack.ReasonCode != 0 {
+					t.Fatalf("publish %d: %#x", i, ack.ReasonCode)
+				}
+				if qos == 0 && i%500 == 499 {
+					// Nothing holds a QoS 0 publisher back: let the fast
+					// subscriber keep up, as a subscriber that is not slow
+					// does, so that only the slow one loses messages.
+					if !poll(10*time.Second, func() bool { return got.Load() >= int64(i-100) }) {
+						t.Fatalf("the fast subscriber is stuck at %d of %d", got.Load(), i)
+					}
+				}
+			}
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the fast subscriber did not get every message")
+			}
+			if b.Dropped("slow") == 0 || b.Dropped("fast") != 0 {
+				t.Fatalf("drops: slow %d, fast %d", b.Dropped("slow"), b.Dropped("fast"))
+			}
+		})
 	}
 }
 

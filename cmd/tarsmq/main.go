@@ -50,6 +50,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return (&PubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "sub":
 		return (&SubCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
+	case "bench":
+		return (&BenchCommand{Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "passwd":
 		return (&PasswdCommand{Stdin: os.Stdin, Stdout: m.Stdout, Stderr: m.Stderr}).Run(ctx, rest)
 	case "version":
@@ -76,6 +78,7 @@ Commands:
 	health    print the health of every service, from the broker or its store
 	pub       publish one envelope
 	sub       print the envelopes arriving on a topic filter
+	bench     load a broker and report its throughput, latency and losses
 	config    print the effective configuration, or what is wrong with it
 	passwd    add, change or delete a user's password in a password file
 	version   print the version, commit and build date

@@ -26,27 +26,28 @@ type Conn struct {
 	net.Conn
 	ctl *Controller
 
-	mu        sync.Mutex
-	client    *mqtt.Client
-	clientID  string
-	quota     int                 // QoS 1/2 publishes the client can still take
-	inflight  map[uint16]struct{} // QoS 1/2 packet ids written and not acknowledged
-	ready     bool                // CONNACK was written: publishes may follow
-	partial   []byte              // the start of a packet the broker has not finished writing
-	held      []message           // publishes waiting for quota, oldest first
-	out       [][]byte            // packets ready for the writer, in order
-	outMsgs   int                 // publishes among out
-	outBytes  int64               // and their size
-	pendMsgs  atomic.Int64        // publishes accepted and not yet written to the socket (written under mu)
-	pendBytes atomic.Int64        // and their size
-	chanLen   func() int          // packets still in mochi's outbound channel for this client
-	stalled   bool                // a publisher gave up waiting for this client
-	room      chan struct{}       // closed when pending falls below the limits
-	closed    bool
-	lingerEnd time.Time
-	dropped   uint64    // messages this connection lost to the queue limits
-	dropLog   time.Time // when drops were last logged
-	dropSince uint64    // drops since then
+	mu         sync.Mutex
+	client     *mqtt.Client
+	clientID   string
+	quota      int                 // QoS 1/2 publishes the client can still take
+	inflight   map[uint16]struct{} // QoS 1/2 packet ids written and not acknowledged
+	ready      bool                // CONNACK was written: publishes may follow
+	partial    []byte              // the start of a packet the broker has not finished writing
+	held       []message           // publishes waiting for quota, oldest first
+	out        [][]byte            // packets ready for the writer, in order
+	outMsgs    int                 // publishes among out
+	outBytes   int64               // and their size
+	pendMsgs   atomic.Int64        // publishes accepted and not yet written to the socket (written under mu)
+	pendBytes  atomic.Int64        // and their size
+	chanLen    func() int          // packets still in mochi's outbound channel for this client
+	stalled    bool                // a publisher gave up waiting for this client
+	room       chan struct{}       // closed when pending falls below the limits
+	closed     bool
+	lingerEnd  time.Time
+	writeStart atomic.Int64 // when the write under way began (Unix ns); 0: none
+	dropped    uint64       // messages this connection lost to the queue limits
+	dropLog    time.Time    // when drops were last logged
+	dropSince  uint64       // drops since then
 
 	wake chan struct{} // wakes the writer
 	done chan struct{} // closed when the writer has exited
@@ -115,12 +116,11 @@ func (c *Conn) acceptLocked(pkt []byte) error {
 		if err != nil {
 			return err
 		}
-		if !m.dup && c.overLimitLocked() { // a resend (DUP) is already counted in its session
+		if !m.dup && c.overLimitLocked(m.qos) { // a resend (DUP) is already counted in its session
 			c.dropLocked(m)
 			return nil
 		}
-		c.pendMsgs.Add(1)
-		c.pendBytes.Add(int64(len(pkt)))
+		c.addPendingLocked(1, int64(len(pkt)))
 		if c.ready && len(c.held) == 0 && c.canSendLocked(m) {
 			c.sendLocked(m)
 		} else {
@@ -187,18 +187,15 @@ func (c *Conn) ack(id uint16) {
 // what this Conn holds; the limits apply to the two together.
 func (c *Conn) queuedLocked() int { return int(c.pendMsgs.Load()) + c.chanLen() }
 
-func (c *Conn) fullLocked() bool {
-	cfg := &c.ctl.cfg
-	return c.queuedLocked() >= cfg.QueueMessages || c.pendBytes.Load() >= cfg.QueueBytes
-}
+func (c *Conn) fullLocked() bool { return c.full() }
 
-// overLimitLocked decides whether a publish arriving now is dropped.
-func (c *Conn) overLimitLocked() bool {
+// overLimitLocked decides whether a publish at qos arriving now is dropped.
+func (c *Conn) overLimitLocked(qos byte) bool {
 	if !c.fullLocked() {
 		return false
 	}
 	cfg := &c.ctl.cfg
-	if cfg.Policy == Block && !c.stalled {
+	if (cfg.Policy.blocks(qos) || (cfg.Policy == ByQoS && !c.networkBound())) && !c.stalled {
 		// Publishers wait at the gate for room; what gets past it (several
 		// publishers at once, retained messages, wills) may overshoot.
 		return c.queuedLocked() >= 2*cfg.QueueMessages || c.pendBytes.Load() >= 2*cfg.QueueBytes
@@ -271,10 +268,30 @@ func (c *Conn) waitForRoom(done <-chan struct{}) {
 	}
 }
 
-// full reports, without locking, whether a publisher would wait for this
-// client now. It may be stale; waitForRoom checks again under the lock.
+// full reports whether the client's queue is full: a publisher would wait
+// for it, or its next QoS 0 message be dropped. Without the lock it may be
+// stale; waitForRoom checks again under the lock.
 func (c *Conn) full() bool {
-	return int(c.pendMsgs.Load())+c.chanLen() >= c.ctl.cfg.QueueMessages || c.pendBytes.Load() >= c.ctl.cfg.QueueBytes
+	cfg := &c.ctl.cfg
+	inChan := c.chanLen()
+	pending := c.pendBytes.Load()
+	return int(c.pendMsgs.Load())+inChan >= cfg.QueueMessages || pending >= cfg.QueueBytes ||
+		// mochi's outbound channel must never fill: mochi would drop.
+		(cfg.OutboundLimit > 0 && inChan >= cfg.OutboundLimit) ||
+		// Over the broker's total, every client with a backlog is full;
+		// one without may still take a message, so each keeps moving.
+		(cfg.TotalBytes > 0 && pending > 0 && c.ctl.queuedBytes.Load() >= cfg.TotalBytes)
+}
+
+// networkStall is how long a write must have been blocked before the client
+// counts as slow (its socket full) rather than the broker as busy.
+const networkStall = 2 * time.Millisecond
+
+// networkBound reports whether the writer is stuck in a write: the client
+// does not take what it is sent, so its backlog is its own doing.
+func (c *Conn) networkBound() bool {
+	start := c.writeStart.Load()
+	return start != 0 && time.Since(time.Unix(0, start)) > networkStall
 }
 
 func (c *Conn) signal() {
@@ -311,6 +328,7 @@ func (c *Conn) writeLoop() {
 		c.mu.Unlock()
 
 		var err error
+		c.writeStart.Store(time.Now().UnixNano())
 		switch c.Conn.(type) {
 		case *net.TCPConn, *net.UnixConn:
 			bufs := net.Buffers(batch)
@@ -322,11 +340,11 @@ func (c *Conn) writeLoop() {
 			}
 			_, err = c.Conn.Write(joined)
 		}
+		c.writeStart.Store(0)
 		clear(batch)
 
 		c.mu.Lock()
-		c.pendMsgs.Add(-int64(msgs))
-		c.pendBytes.Add(-size)
+		c.addPendingLocked(-int64(msgs), -size)
 		c.updateLocked()
 		closed := c.closed
 		c.mu.Unlock()
@@ -337,7 +355,18 @@ func (c *Conn) writeLoop() {
 			break
 		}
 	}
+	c.mu.Lock()
+	c.addPendingLocked(-c.pendMsgs.Load(), -c.pendBytes.Load()) // what was never sent leaves the broker's total
+	c.mu.Unlock()
 	_ = c.Conn.Close()
+}
+
+// addPendingLocked counts publishes accepted (or, negative, written or
+// discarded) on this connection and in the broker's total.
+func (c *Conn) addPendingLocked(msgs, bytes int64) {
+	c.pendMsgs.Add(msgs)
+	c.pendBytes.Add(bytes)
+	c.ctl.queuedBytes.Add(bytes)
 }
 
 func (c *Conn) writeFailed(err error) {

@@ -44,15 +44,30 @@ const (
 	// Drop discards a message for a subscriber whose queue is full, and
 	// counts it; publishers and other subscribers are not slowed.
 	Drop Policy = "drop"
+	// ByQoS blocks for QoS 1 and 2 messages: a subscriber slower than its
+	// publishers slows them down rather than lose what they were promised
+	// (its acks keep making room), and one that stops reading holds them up
+	// for BlockTimeout once, then loses its own excess messages, counted,
+	// until it catches up. QoS 0 messages are dropped for a subscriber
+	// that does not take what it is sent (its socket is full), and wait
+	// only when the backlog is the broker's own, short of CPU.
+	ByQoS Policy = "qos"
 )
+
+// blocks reports whether a publish at qos waits for room under p.
+func (p Policy) blocks(qos byte) bool {
+	return p == Block || (p == ByQoS && qos > 0)
+}
 
 // Config sets the limits of one client's outbound queue.
 type Config struct {
 	MaxInflight   int           // QoS 1/2 publishes unacknowledged per client; a v5 Receive Maximum lowers it
 	QueueMessages int           // publishes waiting per client before the policy applies
 	QueueBytes    int64         // bytes waiting per client before the policy applies
-	Policy        Policy        // Block or Drop
-	BlockTimeout  time.Duration // longest a publisher waits for one message (Block)
+	TotalBytes    int64         // bytes waiting for all clients before the policy applies to each with a backlog; 0: no limit
+	OutboundLimit int           // packets in mochi's outbound channel of a client at which it is full; 0: none
+	Policy        Policy        // Block, Drop or ByQoS
+	BlockTimeout  time.Duration // longest a publisher waits for one message (Block, ByQoS)
 	WriteTimeout  time.Duration // a client that takes no bytes for this long is disconnected
 }
 
@@ -62,9 +77,9 @@ func (c Config) validate() error {
 		return fmt.Errorf("flow: MaxInflight %d out of range 1..65535", c.MaxInflight)
 	case c.QueueMessages < 1 || c.QueueBytes < 1:
 		return fmt.Errorf("flow: queue limits must be positive")
-	case c.Policy != Block && c.Policy != Drop:
+	case c.Policy != Block && c.Policy != Drop && c.Policy != ByQoS:
 		return fmt.Errorf("flow: unknown policy %q", c.Policy)
-	case c.Policy == Block && c.BlockTimeout <= 0:
+	case c.Policy != Drop && c.BlockTimeout <= 0:
 		return fmt.Errorf("flow: BlockTimeout must be positive")
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("flow: WriteTimeout must be positive")
@@ -89,7 +104,8 @@ type Controller struct {
 
 	gate gate // where Block makes publishers wait
 
-	dropped atomic.Uint64
+	dropped     atomic.Uint64
+	queuedBytes atomic.Int64 // bytes waiting to be written, for all clients
 
 	dropsMu sync.Mutex
 	drops   map[string]uint64 // by client id, across reconnects
@@ -272,6 +288,9 @@ func (ctl *Controller) Dropped(clientID string) uint64 {
 	defer ctl.dropsMu.Unlock()
 	return ctl.drops[clientID]
 }
+
+// QueuedBytes is how many bytes wait to be written, for all clients.
+func (ctl *Controller) QueuedBytes() int64 { return ctl.queuedBytes.Load() }
 
 // DroppedTotal is how many messages were dropped for all clients.
 func (ctl *Controller) DroppedTotal() uint64 { return ctl.dropped.Load() }

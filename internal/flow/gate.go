@@ -66,17 +66,25 @@ func (ctl *Controller) gateTargets(topic string) []*Conn {
 	return conns
 }
 
-// OnPublish is the Block policy's gate: before the message is acknowledged
-// and fanned out, wait until each online subscriber it goes to has room, for
-// at most BlockTimeout in all.
+// OnPublish is the gate of the policies that block: before the message is
+// acknowledged and fanned out, wait until each online subscriber it goes to
+// has room, for at most BlockTimeout in all. Under ByQoS a QoS 0 message
+// waits only for a subscriber whose backlog is the broker's doing (short of
+// CPU, its socket takes what it is given): the publisher then yields to
+// the subscriber instead of producing messages to drop. A subscriber whose
+// socket is full is slow: its QoS 0 messages are dropped, no one waits.
 func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if ctl.cfg.Policy != Block {
+	qos := pk.FixedHeader.Qos
+	if ctl.cfg.Policy == Drop {
 		return pk, nil
 	}
 	var ctx context.Context
 	for _, c := range ctl.gateTargets(pk.TopicName) {
 		if c.clientID == cl.ID || !c.full() {
 			continue // a client's own acks are read by the loop we would block
+		}
+		if !ctl.cfg.Policy.blocks(qos) && c.networkBound() {
+			continue
 		}
 		if ctx == nil {
 			var cancel context.CancelFunc
