@@ -206,7 +206,7 @@ func (c *Conn) overLimitLocked(qos byte) bool {
 // updateLocked wakes publishers waiting for room once there is some, and
 // ends a stall once the client has caught up.
 func (c *Conn) updateLocked() {
-	if c.room != nil && (c.closed || !c.fullLocked()) {
+	if c.room != nil && (c.closed || c.roomy()) {
 		close(c.room)
 		c.room = nil
 	}
@@ -243,11 +243,23 @@ const dropLogEvery = 10 * time.Second
 
 // waitForRoom blocks while the client's queue is full, until done is
 // closed, in which case the client is marked stalled. It returns at once for
-// a client that disconnected or was already marked stalled.
-func (c *Conn) waitForRoom(done <-chan struct{}) {
+// a client that disconnected or was already marked stalled. With
+// untilNetworkBound (a QoS 0 message) it also returns, without marking the
+// client, once the client stops taking what it is sent: then its own
+// messages are dropped and no one waits for it.
+func (c *Conn) waitForRoom(done <-chan struct{}, untilNetworkBound bool) {
+	var poll <-chan time.Time
+	if untilNetworkBound {
+		t := time.NewTicker(networkStall)
+		defer t.Stop()
+		poll = t.C
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for !c.stalled && !c.closed && c.fullLocked() {
+		if untilNetworkBound && c.networkBound() {
+			return
+		}
 		if c.room == nil {
 			c.room = make(chan struct{})
 		}
@@ -255,6 +267,8 @@ func (c *Conn) waitForRoom(done <-chan struct{}) {
 		c.mu.Unlock()
 		select {
 		case <-room:
+			c.mu.Lock()
+		case <-poll:
 			c.mu.Lock()
 		case <-done:
 			c.mu.Lock()
@@ -266,6 +280,18 @@ func (c *Conn) waitForRoom(done <-chan struct{}) {
 			return
 		}
 	}
+}
+
+// roomy reports whether the queue has fallen a quarter below its limits:
+// waiting publishers are woken then, not at the first free slot, so that
+// each wake-up moves a batch rather than one message.
+func (c *Conn) roomy() bool {
+	cfg := &c.ctl.cfg
+	inChan := c.chanLen()
+	pending := c.pendBytes.Load()
+	return int(c.pendMsgs.Load())+inChan <= cfg.QueueMessages*3/4 && pending <= cfg.QueueBytes*3/4 &&
+		(cfg.OutboundLimit <= 0 || inChan <= cfg.OutboundLimit*3/4) &&
+		(cfg.TotalBytes <= 0 || pending == 0 || c.ctl.queuedBytes.Load() <= cfg.TotalBytes*3/4)
 }
 
 // full reports whether the client's queue is full: a publisher would wait

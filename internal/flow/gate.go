@@ -83,7 +83,8 @@ func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		if c.clientID == cl.ID || !c.full() {
 			continue // a client's own acks are read by the loop we would block
 		}
-		if !ctl.cfg.Policy.blocks(qos) && c.networkBound() {
+		cpuOnly := !ctl.cfg.Policy.blocks(qos)
+		if cpuOnly && c.networkBound() {
 			continue
 		}
 		if ctx == nil {
@@ -91,7 +92,7 @@ func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			ctx, cancel = context.WithTimeout(ctl.ctx, ctl.cfg.BlockTimeout)
 			defer cancel()
 		}
-		c.waitForRoom(ctx.Done())
+		c.waitForRoom(ctx.Done(), cpuOnly)
 	}
 	return pk, nil
 }
