@@ -364,3 +364,34 @@ func TestPersistentSessionRedeliversWithinReceiveMaximum(t *testing.T) {
 	}
 	recvAll(t, third, n/2, 4)
 }
+
+// QoS 1 messages kept for an offline client arrive in the order they were
+// published when it returns (mochi alone resends them in map order).
+func TestOfflineQueueDeliveredInOrder(t *testing.T) {
+	const n = 300
+	b := runLoad(t, nil)
+	persistent := func(pk *packets.Packet) {
+		pk.Connect.Clean = false
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	sub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	sub.Connect("logger", persistent)
+	sub.Subscribe("log/#", 1)
+	sub.Disconnect()
+	pub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	pub.Connect("pub", nil)
+	for i := range n {
+		pub.Publish("log/a", []byte(payload(0, i)), 1, false)
+	}
+	sub = mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	if ack := sub.Connect("logger", persistent); !ack.SessionPresent {
+		t.Fatal("session not present")
+	}
+	for i := range n {
+		pk := sub.Expect(packets.Publish, 0)
+		sub.Ack(pk)
+		if want := payload(0, i); string(pk.Payload) != want {
+			t.Fatalf("message %d is %.60q, want %.60q", i, pk.Payload, want)
+		}
+	}
+}

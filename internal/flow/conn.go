@@ -32,6 +32,7 @@ type Conn struct {
 	quota      int                 // QoS 1/2 publishes the client can still take
 	inflight   map[uint16]struct{} // QoS 1/2 packet ids written and not acknowledged
 	ready      bool                // CONNACK was written: publishes may follow
+	resuming   bool                // the session is being resumed: publishes wait for established
 	partial    []byte              // the start of a packet the broker has not finished writing
 	held       []message           // publishes waiting for quota, oldest first
 	out        [][]byte            // packets ready for the writer, in order
@@ -41,6 +42,7 @@ type Conn struct {
 	pendBytes  atomic.Int64        // and their size
 	chanLen    func() int          // packets still in mochi's outbound channel for this client
 	stalled    bool                // a publisher gave up waiting for this client
+	lossy      bool                // its socket stayed full: its QoS 0 messages are dropped until it catches up
 	room       chan struct{}       // closed when pending falls below the limits
 	closed     bool
 	lingerEnd  time.Time
@@ -121,7 +123,7 @@ func (c *Conn) acceptLocked(pkt []byte) error {
 			return nil
 		}
 		c.addPendingLocked(1, int64(len(pkt)))
-		if c.ready && len(c.held) == 0 && c.canSendLocked(m) {
+		if c.ready && !c.resuming && len(c.held) == 0 && c.canSendLocked(m) {
 			c.sendLocked(m)
 		} else {
 			c.held = append(c.held, m)
@@ -129,6 +131,9 @@ func (c *Conn) acceptLocked(pkt []byte) error {
 	case typeConnack:
 		c.out = append(c.out, pkt)
 		c.ready = true
+		// A resumed session's resends follow; they are put in order once
+		// the broker has written them all (established).
+		c.resuming = sessionPresent(pkt)
 		c.releaseLocked()
 	default:
 		c.out = append(c.out, pkt)
@@ -158,7 +163,7 @@ func (c *Conn) sendLocked(m message) {
 
 // releaseLocked moves held publishes to the writer while quota lasts.
 func (c *Conn) releaseLocked() {
-	for c.ready && len(c.held) > 0 && c.canSendLocked(c.held[0]) {
+	for c.ready && !c.resuming && len(c.held) > 0 && c.canSendLocked(c.held[0]) {
 		m := c.held[0]
 		c.held[0] = message{}
 		c.held = c.held[1:]
@@ -167,6 +172,25 @@ func (c *Conn) releaseLocked() {
 	if len(c.held) == 0 {
 		c.held = nil
 	}
+}
+
+// established ends the resumption of a session: the broker has written
+// every resend. What was held meanwhile goes out in its original order.
+func (c *Conn) established() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.resuming {
+		return
+	}
+	c.resuming = false
+	var removed []message
+	c.held, removed = resendOrder(c.held)
+	for _, m := range removed {
+		c.addPendingLocked(-1, -int64(len(m.b)))
+	}
+	c.releaseLocked()
+	c.updateLocked()
+	c.signal()
 }
 
 // ack returns send quota for a QoS 1/2 publish the client has finished with
@@ -195,7 +219,7 @@ func (c *Conn) overLimitLocked(qos byte) bool {
 		return false
 	}
 	cfg := &c.ctl.cfg
-	if (cfg.Policy.blocks(qos) || (cfg.Policy == ByQoS && !c.networkBound())) && !c.stalled {
+	if (cfg.Policy.blocks(qos) || (cfg.Policy == ByQoS && !c.lossy && !c.networkBound())) && !c.stalled {
 		// Publishers wait at the gate for room; what gets past it (several
 		// publishers at once, retained messages, wills) may overshoot.
 		return c.queuedLocked() >= 2*cfg.QueueMessages || c.pendBytes.Load() >= 2*cfg.QueueBytes
@@ -211,9 +235,11 @@ func (c *Conn) updateLocked() {
 		c.room = nil
 	}
 	cfg := &c.ctl.cfg
-	if c.stalled && c.queuedLocked() <= cfg.QueueMessages/2 && c.pendBytes.Load() <= cfg.QueueBytes/2 {
-		c.stalled = false
-		c.ctl.Log.Info("subscriber caught up; publishers wait for it again", "client", c.clientID)
+	if (c.stalled || c.lossy) && c.queuedLocked() <= cfg.QueueMessages/2 && c.pendBytes.Load() <= cfg.QueueBytes/2 {
+		if c.stalled {
+			c.ctl.Log.Info("subscriber caught up; publishers wait for it again", "client", c.clientID)
+		}
+		c.stalled, c.lossy = false, false
 	}
 }
 
@@ -244,20 +270,21 @@ const dropLogEvery = 10 * time.Second
 // waitForRoom blocks while the client's queue is full, until done is
 // closed, in which case the client is marked stalled. It returns at once for
 // a client that disconnected or was already marked stalled. With
-// untilNetworkBound (a QoS 0 message) it also returns, without marking the
-// client, once the client stops taking what it is sent: then its own
-// messages are dropped and no one waits for it.
+// untilNetworkBound (a QoS 0 message) it also returns once the client stops
+// taking what it is sent, and marks it lossy: until it catches up its QoS 0
+// messages are dropped and no QoS 0 publisher waits for it.
 func (c *Conn) waitForRoom(done <-chan struct{}, untilNetworkBound bool) {
 	var poll <-chan time.Time
 	if untilNetworkBound {
-		t := time.NewTicker(networkStall)
+		t := time.NewTicker(networkStall / 10)
 		defer t.Stop()
 		poll = t.C
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for !c.stalled && !c.closed && c.fullLocked() {
-		if untilNetworkBound && c.networkBound() {
+		if untilNetworkBound && (c.lossy || c.networkBound()) {
+			c.lossy = true
 			return
 		}
 		if c.room == nil {
@@ -310,8 +337,13 @@ func (c *Conn) full() bool {
 }
 
 // networkStall is how long a write must have been blocked before the client
-// counts as slow (its socket full) rather than the broker as busy.
-const networkStall = 2 * time.Millisecond
+// counts as slow (its socket full) rather than the broker as busy. A socket
+// fills within a few hundred small packets, so a reader that is merely
+// descheduled for a moment blocks writes too: the threshold must be well
+// above a scheduler's time slice, and a publisher waits that long at most
+// once per episode, since the client is then marked lossy until it
+// catches up.
+const networkStall = 50 * time.Millisecond
 
 // networkBound reports whether the writer is stuck in a write: the client
 // does not take what it is sent, so its backlog is its own doing.
@@ -457,4 +489,12 @@ func (c *Conn) Dropped() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.dropped
+}
+
+// isLossy reports whether the client's QoS 0 messages are being dropped
+// because its socket stayed full. Without the lock it may be stale.
+func (c *Conn) isLossy() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lossy
 }

@@ -216,6 +216,7 @@ func (ctl *Controller) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		ctl.online[cl.ID] = c
 		ctl.mu.Unlock()
 		ctl.gate.invalidate()
+		c.established()
 	}
 }
 

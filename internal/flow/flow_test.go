@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -106,5 +107,23 @@ func TestMochiOutboundChannelVisible(t *testing.T) {
 	}
 	if n() != 0 {
 		t.Fatalf("new client has %d queued", n())
+	}
+}
+
+// Resends are put back in the order their packet identifiers were handed
+// out, across the wrap at 65535; a fresh copy of a resent identifier wins.
+func TestResendOrder(t *testing.T) {
+	m := func(id uint16, dup bool) message { return message{b: []byte{byte(id)}, qos: 1, id: id, dup: dup} }
+	held := []message{m(3, true), m(65534, true), m(1, true), m(65535, true), m(7, false), m(2, true), m(3, false)}
+	kept, removed := resendOrder(held)
+	var ids []uint16
+	for _, k := range kept {
+		ids = append(ids, k.id)
+	}
+	if want := []uint16{65534, 65535, 1, 2, 7, 3}; !slices.Equal(ids, want) {
+		t.Fatalf("order %v, want %v", ids, want)
+	}
+	if len(removed) != 1 || removed[0].id != 3 || !removed[0].dup {
+		t.Fatalf("removed %v", removed)
 	}
 }

@@ -84,7 +84,7 @@ func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 			continue // a client's own acks are read by the loop we would block
 		}
 		cpuOnly := !ctl.cfg.Policy.blocks(qos)
-		if cpuOnly && c.networkBound() {
+		if cpuOnly && (c.isLossy() || c.networkBound()) {
 			continue
 		}
 		if ctx == nil {

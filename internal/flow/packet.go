@@ -1,8 +1,10 @@
 package flow
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
+	"slices"
 )
 
 // MQTT control packet types this package looks at.
@@ -62,4 +64,56 @@ func parsePublish(b []byte) (message, error) {
 	}
 	m.id = binary.BigEndian.Uint16(b[at:])
 	return m, nil
+}
+
+// sessionPresent reports whether an encoded CONNACK has its Session Present
+// flag set.
+func sessionPresent(b []byte) bool {
+	h := 2
+	for h < len(b) && b[h-1]&0x80 != 0 {
+		h++
+	}
+	return h < len(b) && b[h]&0x01 != 0
+}
+
+// resendOrder puts held publishes in the order they were first sent: the
+// resends (DUP) of a resumed session first, by packet identifier counted
+// circularly from just after the widest gap between identifiers in use (the
+// broker hands them out in increasing order and wraps), then the others in
+// the order they came. A resend of a packet identifier that also came
+// fresh is the same message: only the fresh one is kept. mochi resends in
+// an order of its own (by second of creation, unstably sorted), which would
+// shuffle a queue kept for an offline client. It returns the kept messages
+// and those removed.
+func resendOrder(held []message) (kept, removed []message) {
+	var dups, fresh []message
+	freshIDs := map[uint16]bool{}
+	for _, m := range held {
+		if !m.dup {
+			fresh = append(fresh, m)
+			if m.qos > 0 {
+				freshIDs[m.id] = true
+			}
+		}
+	}
+	for _, m := range held {
+		switch {
+		case !m.dup:
+		case m.qos > 0 && freshIDs[m.id]:
+			removed = append(removed, m)
+		default:
+			dups = append(dups, m)
+		}
+	}
+	slices.SortStableFunc(dups, func(a, b message) int { return cmp.Compare(a.id, b.id) })
+	if n := len(dups); n > 1 {
+		start, widest := 0, int(dups[0].id)+65536-int(dups[n-1].id)
+		for i := 1; i < n; i++ {
+			if gap := int(dups[i].id) - int(dups[i-1].id); gap > widest {
+				start, widest = i, gap
+			}
+		}
+		dups = append(dups[start:], dups[:start]...)
+	}
+	return append(dups, fresh...), removed
 }
