@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -394,4 +395,71 @@ func TestOfflineQueueDeliveredInOrder(t *testing.T) {
 			t.Fatalf("message %d is %.60q, want %.60q", i, pk.Payload, want)
 		}
 	}
+}
+
+// A persistent subscriber that reconnects again and again while QoS 1
+// messages flow loses none of them (mochi alone loses those that reach the
+// old connection while the new one takes the session over), and gets them
+// in order apart from resends.
+func TestReconnectWhileMessagesFlowLosesNothing(t *testing.T) {
+	const n = 3000
+	b := runLoad(t, nil)
+	persistent := func(pk *packets.Packet) {
+		pk.Connect.Clean = false
+		pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 300, true
+	}
+	sub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	sub.Connect("tracker", persistent)
+	sub.Subscribe("track/#", 1)
+	pub := mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+	pub.Connect("pub", nil)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range n {
+			pub.Publish("track/a", []byte(payload(0, i)), 1, false)
+		}
+	}()
+	seen := map[string]bool{}
+	last := -1
+	for round := 0; len(seen) < n; round++ {
+		if round > 0 {
+			sub.Kill() // gone without a word; the next connection takes over
+			sub = mqtttest.Dial(t, "unix", b.SocketPath(), mqtttest.V5)
+			if ack := sub.Connect("tracker", persistent); !ack.SessionPresent {
+				t.Fatal("session not present")
+			}
+			last = -1
+		}
+		var trace []string
+		for got := 0; got < 200 && len(seen) < n; got++ {
+			pk, err := sub.Next(packets.Publish, 0, 10*time.Second)
+			if err != nil {
+				t.Fatalf("round %d: %d of %d messages: %v", round, len(seen), n, err)
+			}
+			sub.Ack(pk)
+			i := indexOf(t, pk.Payload)
+			trace = append(trace, fmt.Sprintf("%d/%d/%v", i, pk.PacketID, pk.FixedHeader.Dup))
+			if !pk.FixedHeader.Dup && i < last {
+				t.Fatalf("round %d: message %d after %d: %v", round, i, last, trace)
+			}
+			last = max(last, i)
+			seen[string(pk.Payload)] = true
+		}
+	}
+	<-done
+}
+
+// indexOf is the message number of a payload(0, i).
+func indexOf(t *testing.T, b []byte) int {
+	t.Helper()
+	at := bytes.Index(b, []byte(`"p0-`))
+	if at < 0 || len(b) < at+10 {
+		t.Fatalf("not a load payload: %.80q", b)
+	}
+	i, err := strconv.Atoi(string(b[at+4 : at+10]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i
 }

@@ -33,6 +33,7 @@ type Conn struct {
 	inflight   map[uint16]struct{} // QoS 1/2 packet ids written and not acknowledged
 	ready      bool                // CONNACK was written: publishes may follow
 	resuming   bool                // the session is being resumed: publishes wait for established
+	adopted    map[uint16]uint64   // packet ids of messages being adopted from the previous client, with their seq
 	partial    []byte              // the start of a packet the broker has not finished writing
 	held       []message           // publishes waiting for quota, oldest first
 	out        [][]byte            // packets ready for the writer, in order
@@ -118,6 +119,12 @@ func (c *Conn) acceptLocked(pkt []byte) error {
 		if err != nil {
 			return err
 		}
+		if seq, ok := c.adopted[m.id]; ok && m.qos > 0 {
+			delete(c.adopted, m.id)
+			m.adopted, m.seq = c.resuming, seq
+		} else if c.resuming && m.dup {
+			m.seq = c.ctl.seq.of(c.clientID, m.id)
+		}
 		if !m.dup && c.overLimitLocked(m.qos) { // a resend (DUP) is already counted in its session
 			c.dropLocked(m)
 			return nil
@@ -193,6 +200,17 @@ func (c *Conn) established() {
 	c.signal()
 }
 
+// adopting marks the publish with packet id id, about to be written, as
+// adopted from the session's previous client, published as seq.
+func (c *Conn) adopting(id uint16, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.adopted == nil {
+		c.adopted = make(map[uint16]uint64)
+	}
+	c.adopted[id] = seq
+}
+
 // ack returns send quota for a QoS 1/2 publish the client has finished with
 // (PUBACK, PUBCOMP, or PUBREC with an error reason).
 func (c *Conn) ack(id uint16) {
@@ -249,6 +267,7 @@ func (c *Conn) dropLocked(m message) {
 	if m.qos > 0 && c.client != nil {
 		// The broker recorded the message as in flight to this client; it
 		// will never be sent, so it must not wait there for an ack.
+		c.ctl.seq.done(c.clientID, m.id)
 		if c.client.State.Inflight.Delete(m.id) {
 			atomic.AddInt64(&c.ctl.server.Info.Inflight, -1)
 			if c.ctl.OnDropInflight != nil {

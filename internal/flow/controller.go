@@ -114,17 +114,26 @@ type Controller struct {
 	// client after mochi recorded it in flight (mochi calls no hook then):
 	// the persistence hook forgets it too.
 	OnDropInflight func(cl *mqtt.Client, packetID uint16)
+	// OnAdoptInflight, if set, hears of each message a client that took a
+	// session over adopted from its predecessor under a new packet id
+	// (see adopt): the persistence hook moves it.
+	OnAdoptInflight func(cl *mqtt.Client, oldID uint16, pk packets.Packet)
+
+	seq       sequence
+	orphansMu sync.Mutex
+	orphans   map[string][]orphan // by client id: see keepOrphan
 }
 
 // New returns a Controller for server that logs to log.
 func New(server *mqtt.Server, log *slog.Logger) *Controller {
 	ctx, cancel := context.WithCancel(context.Background())
 	ctl := &Controller{
-		server: server,
-		ctx:    ctx,
-		cancel: cancel,
-		online: make(map[string]*Conn),
-		drops:  make(map[string]uint64),
+		server:  server,
+		ctx:     ctx,
+		cancel:  cancel,
+		online:  make(map[string]*Conn),
+		drops:   make(map[string]uint64),
+		orphans: make(map[string][]orphan),
 	}
 	ctl.gate.targets = make(map[string]gateEntry)
 	ctl.Log = log
@@ -143,6 +152,9 @@ var flowEvents = []byte{
 	mqtt.OnPublish,
 	mqtt.OnQosPublish,
 	mqtt.OnPublishDropped,
+	mqtt.OnQosDropped,
+	mqtt.OnQosComplete,
+	mqtt.OnClientExpired,
 	mqtt.OnSubscribed,
 	mqtt.OnUnsubscribed,
 }
@@ -216,6 +228,7 @@ func (ctl *Controller) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 		ctl.online[cl.ID] = c
 		ctl.mu.Unlock()
 		ctl.gate.invalidate()
+		ctl.adopt(cl, c)
 		c.established()
 	}
 }
@@ -223,12 +236,32 @@ func (ctl *Controller) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 // OnQosPublish keeps mochi's send quota off: it runs between mochi reading
 // the quota and deciding to withhold a message, which closes the window in
 // which a session takeover could have turned it back on.
-func (ctl *Controller) OnQosPublish(cl *mqtt.Client, _ packets.Packet, _ int64, _ int) {
+// It also numbers each message in flight to a persistent session in
+// publish order, for the resends of a resumed session.
+func (ctl *Controller) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
 	noQuota(cl)
+	if !tracked(cl) || pk.FixedHeader.Dup {
+		return
+	}
+	seq := ctl.seq.stamp(cl.ID, pk.PacketID, 0)
+	if adopting(cl) {
+		ctl.keepOrphan(cl, orphan{pk, seq})
+	}
 }
 
+// OnQosComplete forgets the number of a message no longer in flight.
+func (ctl *Controller) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	ctl.seq.done(cl.ID, pk.PacketID)
+}
+
+// OnClientExpired forgets an expired session's message numbers.
+func (ctl *Controller) OnClientExpired(cl *mqtt.Client) { ctl.seq.forget(cl.ID) }
+
 // OnDisconnect forgets the client's connection.
-func (ctl *Controller) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+func (ctl *Controller) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire && !cl.IsTakenOver() {
+		ctl.seq.forget(cl.ID)
+	}
 	c, ok := cl.Net.Conn.(*Conn)
 	if !ok {
 		return

@@ -42,6 +42,9 @@ type message struct {
 	qos byte
 	id  uint16 // packet identifier, only for QoS 1 and 2
 	dup bool
+
+	adopted bool   // taken over from the session's previous client
+	seq     uint64 // a resend's or adopted message's place in publish order; 0: unknown
 }
 
 // parsePublish reads the fields of an encoded PUBLISH packet that flow
@@ -77,18 +80,25 @@ func sessionPresent(b []byte) bool {
 }
 
 // resendOrder puts held publishes in the order they were first sent: the
-// resends (DUP) of a resumed session first, by packet identifier counted
-// circularly from just after the widest gap between identifiers in use (the
-// broker hands them out in increasing order and wraps), then the others in
-// the order they came. A resend of a packet identifier that also came
+// resends (DUP) of a resumed session first, in the order the broker
+// published them (seq; those it does not know, restored after a restart,
+// first, by packet identifier counted circularly from just after the widest
+// gap between identifiers in use: the broker hands them out in increasing
+// order and wraps), then the messages
+// adopted from the session's previous client (see adopt), then the others
+// in the order they came. A resend of a packet identifier that also came
 // fresh is the same message: only the fresh one is kept. mochi resends in
 // an order of its own (by second of creation, unstably sorted), which would
 // shuffle a queue kept for an offline client. It returns the kept messages
 // and those removed.
 func resendOrder(held []message) (kept, removed []message) {
-	var dups, fresh []message
+	var dups, adopted, fresh []message
 	freshIDs := map[uint16]bool{}
 	for _, m := range held {
+		if m.adopted {
+			adopted = append(adopted, m)
+			continue
+		}
 		if !m.dup {
 			fresh = append(fresh, m)
 			if m.qos > 0 {
@@ -98,22 +108,15 @@ func resendOrder(held []message) (kept, removed []message) {
 	}
 	for _, m := range held {
 		switch {
-		case !m.dup:
+		case !m.dup || m.adopted:
 		case m.qos > 0 && freshIDs[m.id]:
 			removed = append(removed, m)
 		default:
 			dups = append(dups, m)
 		}
 	}
-	slices.SortStableFunc(dups, func(a, b message) int { return cmp.Compare(a.id, b.id) })
-	if n := len(dups); n > 1 {
-		start, widest := 0, int(dups[0].id)+65536-int(dups[n-1].id)
-		for i := 1; i < n; i++ {
-			if gap := int(dups[i].id) - int(dups[i-1].id); gap > widest {
-				start, widest = i, gap
-			}
-		}
-		dups = append(dups[start:], dups[:start]...)
-	}
-	return append(dups, fresh...), removed
+	dups = circular(dups, func(m message) uint16 { return m.id })
+	slices.SortStableFunc(dups, func(a, b message) int { return cmp.Compare(a.seq, b.seq) })
+	slices.SortStableFunc(adopted, func(a, b message) int { return cmp.Compare(a.seq, b.seq) })
+	return slices.Concat(dups, adopted, fresh), removed
 }
