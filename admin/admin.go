@@ -2,6 +2,7 @@
 //
 //	GET /v1/health                           every service's latest health
 //	GET /v1/health/{source}/history?limit=N  one service's history, newest first
+//	GET /v1/bridges                          each bridge: connected, queued, forwarded, last error
 //	GET /v1/clients                          the connected clients: identity, listener, peer, counts
 //	GET /healthz                             200 while the broker's self-check passes, else 503
 //	GET /metrics                             Prometheus metrics
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tarsmq/tarsmq/bridge"
 	"github.com/tarsmq/tarsmq/store"
 )
 
@@ -44,6 +46,7 @@ type Report struct {
 	Now         time.Time       `json:"now"`
 	Store       StoreReport     `json:"store"`
 	Services    []ServiceReport `json:"services"`
+	Bridges     []bridge.State  `json:"bridges,omitempty"` // the links to upstream brokers
 }
 
 // StoreReport says whether the store had to be replaced.
@@ -129,6 +132,7 @@ type Options struct {
 	Metrics   prometheus.Gatherer         // for /metrics
 	Clients   func() []Client             // for /v1/clients
 	Pprof     bool                        // serve /debug/pprof/
+	Bridges   func() []bridge.State       // for /v1/bridges and /v1/health
 }
 
 // Client is one connected client, as /v1/clients lists it.
@@ -181,8 +185,18 @@ func Handler(src Source, opts Options) http.Handler {
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{}))
 	}
+	if opts.Bridges != nil {
+		mux.HandleFunc("GET /v1/bridges", func(w http.ResponseWriter, r *http.Request) {
+			reply(w, struct {
+				Bridges []bridge.State `json:"bridges"`
+			}{opts.Bridges()}, nil)
+		})
+	}
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		rep, err := BuildReport(src, time.Now())
+		if err == nil && opts.Bridges != nil {
+			rep.Bridges = opts.Bridges()
+		}
 		reply(w, rep, err)
 	})
 	mux.HandleFunc("GET /v1/health/{source}/history", func(w http.ResponseWriter, r *http.Request) {

@@ -36,7 +36,7 @@ func (b *Broker) bindAdmin() error {
 		b.adminAddr = tl.Addr().String()
 	}
 	b.admin = &http.Server{
-		Handler:           admin.Handler(healthSource{b}, admin.Options{SelfCheck: b.SelfCheck, Metrics: newRegistry(b), Clients: b.clients, Pprof: b.cfg.Admin.Pprof}),
+		Handler:           admin.Handler(healthSource{b}, admin.Options{SelfCheck: b.SelfCheck, Metrics: newRegistry(b), Clients: b.clients, Pprof: b.cfg.Admin.Pprof, Bridges: b.Bridges}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
 	}

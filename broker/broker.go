@@ -21,7 +21,9 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tarsmq/tarsmq/bridge"
 	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/hooks/health"
@@ -45,6 +47,7 @@ type Broker struct {
 	srv      *mqtt.Server
 	flow     *flow.Controller
 	contract *contract.Hook
+	bridges  []*bridge.Bridge
 	auth     *auth.Hook
 	limits   *limits.Hook
 	peers    peers
@@ -184,6 +187,12 @@ func New(cfg Config, log *slog.Logger, opts ...Option) (*Broker, error) {
 		return nil, fmt.Errorf("add flow control hook: %w", err)
 	}
 	b.flow.OnDropInflight = b.persist.DeleteInflight
+	b.flow.OnAdoptInflight = func(cl *mqtt.Client, oldID uint16, pk packets.Packet) {
+		if _, ok := cl.State.Inflight.Get(oldID); !ok {
+			b.persist.DeleteInflight(cl, oldID)
+		}
+		b.persist.OnQosPublish(cl, pk, pk.Created, 0)
+	}
 	return b, nil
 }
 
@@ -249,6 +258,9 @@ func (b *Broker) start() error {
 	if err := b.srv.AddHook(b.health, health.Config{FlushInterval: lastSeenFlush, OfflineGrace: offlineGrace, BootID: b.bootID}); err != nil {
 		return fmt.Errorf("add health hook: %w", err)
 	}
+	if err := b.addBridges(); err != nil {
+		return err
+	}
 	if err := b.bind(); err != nil {
 		return err
 	}
@@ -265,11 +277,50 @@ func (b *Broker) start() error {
 	}
 	persist.RestoreExpiry(b.srv)
 	b.limits.CountRetained(b.srv.Topics.Retained.GetAll())
+	for _, br := range b.bridges {
+		if err := br.Start(); err != nil {
+			return err
+		}
+	}
 	if err := b.check.subscribe(b.srv); err != nil {
 		return fmt.Errorf("self-check subscription: %w", err)
 	}
 	b.serveAdmin()
 	return nil
+}
+
+// addBridges builds the configured bridges and the hook that feeds them,
+// after every hook that may refuse a message: a bridge queues only what
+// the broker accepts.
+func (b *Broker) addBridges() error {
+	id, err := bridge.BrokerID(b.st)
+	if err != nil {
+		return err
+	}
+	device := b.cfg.Device()
+	for _, bc := range b.cfg.Bridges {
+		br, err := bridge.New(bc.Defaults(device), bridge.Deps{
+			Server: b.srv, Store: b.st, Log: b.log.With("component", "bridge"),
+			BrokerID: id, DeviceID: device, Check: b.contract.CheckMessage,
+		})
+		if err != nil {
+			return err
+		}
+		b.bridges = append(b.bridges, br)
+	}
+	if err := b.srv.AddHook(bridge.NewHook(id, b.bridges, b.log.With("component", "bridge")), nil); err != nil {
+		return fmt.Errorf("add bridge hook: %w", err)
+	}
+	return nil
+}
+
+// Bridges reports the state of each bridge.
+func (b *Broker) Bridges() []bridge.State {
+	out := make([]bridge.State, 0, len(b.bridges))
+	for _, br := range b.bridges {
+		out = append(out, br.State())
+	}
+	return out
 }
 
 // Addr is the TCP listener's address (nil when TCP is off or before Start).
@@ -336,7 +387,10 @@ func (b *Broker) Close(ctx context.Context) error {
 func (b *Broker) shutdown() {
 	defer close(b.closed)
 	var errs []error
-	b.health.Shutdown()                   // the disconnects that follow are not services dying
+	b.health.Shutdown() // the disconnects that follow are not services dying
+	for _, br := range b.bridges {
+		br.Close() // their queues stay in the store; what is published meanwhile joins them
+	}
 	if err := b.srv.Close(); err != nil { // closes listeners and clients, stops hooks
 		errs = append(errs, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tarsmq/tarsmq/bridge"
 	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/hooks/contract"
 	"github.com/tarsmq/tarsmq/internal/bytesize"
@@ -28,6 +29,10 @@ type Config struct {
 	Contract       contract.Config      `yaml:"contract"`
 	Store          store.Config         `yaml:"store"`
 	Admin          AdminConfig          `yaml:"admin"`
+	// DeviceID names this device to upstream brokers ({device_id} in
+	// bridges); default: the host name.
+	DeviceID string          `yaml:"device_id" env:"TARSMQ_DEVICE_ID" env-description:"this device's name upstream ({device_id} in bridges); default: the host name"`
+	Bridges  []bridge.Config `yaml:"bridges"`
 }
 
 // AdminConfig is the admin HTTP listener (/v1/health): a host:port, loopback
@@ -293,10 +298,32 @@ func (c Config) Validate() error {
 	if err := c.Auth.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	names := map[string]bool{}
+	for i, br := range c.Bridges {
+		at := fmt.Sprintf("bridges[%d]", i)
+		if err := br.Validate(at); err != nil {
+			errs = append(errs, err)
+		}
+		if names[br.Name] {
+			bad(at+".name", "%q is the name of an earlier bridge; names must differ (they key each queue)", br.Name)
+		}
+		names[br.Name] = true
+	}
 	if err := c.Store.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// Device is DeviceID, or the host name.
+func (c Config) Device() string {
+	if c.DeviceID != "" {
+		return c.DeviceID
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "device"
 }
 
 // networked reports whether a network listener is bound beyond loopback.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the systemd unit: `systemd-analyze verify` passes on it and on the
-# client drop-in example, and its `systemd-analyze security` exposure is at
+# drop-in examples (client and bridge), and its `systemd-analyze security` exposure is at
 # most MAX_EXPOSURE (2.0). Needs systemd-analyze and a built bin/tarsmq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ ExecStart=/bin/true
 UNIT
 mkdir "$tmp/robot-app.service.d"
 cp systemd/tarsmq-client.conf.example "$tmp/robot-app.service.d/tarsmq.conf"
+mkdir "$tmp/tarsmq.service.d"
+cp systemd/tarsmq-bridge.conf.example "$tmp/tarsmq.service.d/bridge.conf"
 # verify exits 0 on unknown keys and bad values ("ignoring"): any output
 # at all fails the check.
 if ! out="$(cd "$tmp" && systemd-analyze verify --man=no tarsmq.service robot-app.service 2>&1)" || [ -n "$out" ]; then

@@ -40,6 +40,14 @@ type Store struct {
 	mu      sync.Mutex
 	history map[string]int // history records per service, once counted
 
+	syncs struct { // see groupSync
+		mu          sync.Mutex
+		cond        *sync.Cond
+		asked, done uint64
+		running     bool
+		err         error
+	}
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 	once sync.Once
@@ -358,9 +366,38 @@ func (s *Store) DeletePrefix(prefix []byte) error {
 
 func (s *Store) syncIf(sync bool) error {
 	if sync && s.cfg.Sync {
-		return s.db.Sync()
+		return s.groupSync()
 	}
 	return nil
+}
+
+// groupSync makes what was written before the call durable. Writers that
+// sync at once share one fsync (group commit): a caller waits for the
+// first fsync that starts after it arrived, rather than each running its
+// own, one after the other.
+func (s *Store) groupSync() error {
+	g := &s.syncs
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cond == nil {
+		g.cond = sync.NewCond(&g.mu)
+	}
+	g.asked++
+	ticket := g.asked
+	for g.done < ticket {
+		if g.running {
+			g.cond.Wait()
+			continue
+		}
+		g.running = true
+		covers := g.asked
+		g.mu.Unlock()
+		err := s.db.Sync()
+		g.mu.Lock()
+		g.running, g.done, g.err = false, covers, err
+		g.cond.Broadcast()
+	}
+	return g.err
 }
 
 // Scan calls fn for every key with prefix, in key order. The slices are
@@ -377,6 +414,49 @@ func (s *Store) Scan(prefix []byte, fn func(key, value []byte) error) error {
 		}
 		return nil
 	})
+}
+
+// ScanFrom calls fn for each key with prefix, in order, from the first at
+// or after from, until fn returns false or an error. The slices are valid
+// only during the call.
+func (s *Store) ScanFrom(prefix, from []byte, fn func(key, value []byte) (more bool, err error)) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: false})
+		defer it.Close()
+		for it.Seek(from); it.Valid(); it.Next() {
+			item := it.Item()
+			more := true
+			if err := item.Value(func(v []byte) (err error) {
+				more, err = fn(item.Key(), v)
+				return err
+			}); err != nil {
+				return err
+			}
+			if !more {
+				return nil
+			}
+		}
+		return nil
+	})
+}
+
+// DeleteKeys deletes keys in one batch; with sync (and store.sync on) the
+// deletion is on disk when it returns.
+func (s *Store) DeleteKeys(keys [][]byte, sync bool) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	wb := s.db.NewWriteBatch()
+	for _, k := range keys {
+		if err := wb.Delete(k); err != nil {
+			wb.Cancel()
+			return err
+		}
+	}
+	if err := wb.Flush(); err != nil {
+		return err
+	}
+	return s.syncIf(sync)
 }
 
 // Size is the database's size on disk now: its LSM tables (with the

@@ -194,6 +194,9 @@ func bootWord(current bool) string {
 }
 
 func printReport(w io.Writer, r admin.Report) error {
+	if err := printBridges(w, r); err != nil {
+		return err
+	}
 	if len(r.Services) == 0 {
 		_, err := fmt.Fprintln(w, "no service has reported health")
 		return err
@@ -212,6 +215,44 @@ func printReport(w io.Writer, r admin.Report) error {
 			s.Received.Local().Format(time.DateTime), roundAge(time.Duration(s.Age*float64(time.Second))), hb, bootWord(s.CurrentBoot))
 	}
 	return tw.Flush()
+}
+
+// printBridges lists the bridges, if any, before the services.
+func printBridges(w io.Writer, r admin.Report) error {
+	if len(r.Bridges) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BRIDGE	UPSTREAM	STATE	QUEUED	DROPPED	FORWARDED OUT/IN")
+	for _, b := range r.Bridges {
+		st := "connected"
+		if !b.Connected {
+			st = "down"
+			if b.LastError != "" {
+				st += ": " + b.LastError
+			}
+			if b.LastConnected != nil {
+				st += fmt.Sprintf(" (last up %s ago)", roundAge(r.Now.Sub(*b.LastConnected)))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d (%s)\t%d\t%d / %d\n", b.Name, b.URL, st, b.Queued, humanBytes(b.QueuedBytes),
+			b.Dropped+b.Refused+b.DroppedQoS0, b.ForwardedOut, b.ForwardedIn)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(w)
+	return err
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 func printHistory(w io.Writer, h admin.HistoryReport) error {

@@ -222,19 +222,43 @@ func (p *policy) check(cl *mqtt.Client, pk packets.Packet) *envelope.Error {
 		return &envelope.Error{Field: "source", Rule: envelope.RuleIdentity,
 			Detail: fmt.Sprintf("%q is not this client (%s); a service publishes under its own name", f.SourceString(), identities(cl))}
 	}
+	return p.checkRules(pk.TopicName, &f)
+}
+
+// checkRules applies the topic rules to an envelope.
+func (p *policy) checkRules(name string, f *envelope.Fields) *envelope.Error {
 	for _, r := range p.rules {
-		if !topic.Match(r.filter, pk.TopicName) {
+		if !topic.Match(r.filter, name) {
 			continue
 		}
 		if r.typ != "" && !f.TypeIs(r.typ) {
 			return &envelope.Error{Field: "type", Rule: envelope.RuleTypeNotHere,
-				Detail: fmt.Sprintf("%q is not allowed on %s, which takes %q", f.TypeString(), pk.TopicName, r.typ)}
+				Detail: fmt.Sprintf("%q is not allowed on %s, which takes %q", f.TypeString(), name, r.typ)}
 		}
 		if r.schema != nil {
 			if err := validateSchema(r.schema, f.Data); err != nil {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// CheckMessage applies the contract to a message that comes from no local
+// client (one a bridge brings down): the envelope and the topic rules, but
+// no source binding, since its publisher is elsewhere. It returns nil when
+// enforcement is off or the topic is exempt.
+func (h *Hook) CheckMessage(name string, payload []byte) error {
+	p := h.policy.Load()
+	if !p.cfg.Enforce || p.exempt(name) || len(payload) == 0 {
+		return nil
+	}
+	f, err := envelope.Check(payload, int(p.cfg.MaxSize))
+	if err != nil {
+		return err
+	}
+	if err := p.checkRules(name, &f); err != nil {
+		return err
 	}
 	return nil
 }
