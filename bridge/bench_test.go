@@ -57,10 +57,13 @@ func count(b *testing.B, c *mqtttest.Client, n int) <-chan struct{} {
 }
 
 // publishAll publishes n QoS 1 messages from 4 local publishers.
-func publishAll(b *testing.B, dev *broker.Broker, n int) {
+func publishAll(b *testing.B, dev *broker.Broker, n int) { publishAllTo(b, dev.SocketPath(), n) }
+
+// publishAllTo publishes n QoS 1 messages from 4 publishers on socket.
+func publishAllTo(b *testing.B, socket string, n int) {
 	var wg sync.WaitGroup
 	for p := range 4 {
-		pub := mqtttest.Dial(b, "unix", dev.SocketPath(), mqtttest.V5)
+		pub := mqtttest.Dial(b, "unix", socket, mqtttest.V5)
 		pub.Connect(fmt.Sprint("imu", p), nil)
 		wg.Add(1)
 		go func() {
@@ -91,6 +94,27 @@ func BenchmarkBridgeForward(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
+	// The peer: Mosquitto's own bridge, QoS 1, the same publishers over
+	// its Unix socket, the same tarsmq upstream and subscriber. Its
+	// persistence is a periodic snapshot, so it compares with sync=false.
+	b.Run("mosquitto", func(b *testing.B) {
+		upCfg := brokertest.Config(b)
+		relay(&upCfg)
+		up := brokertest.Start(b, upCfg, brokertest.Logger())
+		sock := filepath.Join(b.TempDir(), "mq.sock")
+		m := startMosquittoWith(b, fmt.Sprintf("listener 0 %s\nmax_queued_messages 1000000\n"+
+			"connection fleet\naddress %s\ncleansession false\ntry_private false\ntopic telemetry/# out 1 \"\" fleet/bench/\n", sock, up.Addr()))
+		_ = m
+		sub := mqtttest.Dial(b, "tcp", up.Addr().String(), mqtttest.V5)
+		sub.Connect("fleet-db", nil)
+		sub.Subscribe("fleet/#", 1)
+		waitFor(b, "mosquitto's bridge to connect", func() bool { return up.Connections() >= 2 })
+		done := count(b, sub, b.N)
+		b.ResetTimer()
+		publishAllTo(b, sock, b.N)
+		<-done
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	})
 }
 
 // Messages forwarded per second when the link comes back to a full queue:

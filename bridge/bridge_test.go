@@ -319,3 +319,39 @@ func TestNoEchoUpTheSameBridge(t *testing.T) {
 		}
 	}
 }
+
+// Retained local state (health) is sent again after every reconnect: an
+// upstream that comes back empty has it again, for a late subscriber.
+func TestRetainedStateRepublishedAfterReconnect(t *testing.T) {
+	up := brokertest.Run(t, relay)
+	addr := up.Addr().String()
+	dev := local(t, "robot4", bridge.Config{Name: "fleet", URL: "tcp://" + addr,
+		Out: []bridge.Rule{{Topic: "system/health/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+	waitFor(t, "the bridge to connect", connected(dev))
+	svc := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+	svc.Connect("arm", nil)
+	h, _ := envelope.New(envelope.TypeHealth, "arm", envelope.Health{OK: true, Event: "ready"})
+	health, _ := h.Marshal()
+	if ack := svc.Publish(envelope.HealthTopic("arm"), health, 1, true); ack.ReasonCode != 0 {
+		t.Fatalf("health: %#x", ack.ReasonCode)
+	}
+	waitFor(t, "the health to go up", func() bool { return dev.Bridges()[0].ForwardedOut == 1 })
+	if err := up.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bridge to notice", func() bool { return !dev.Bridges()[0].Connected })
+
+	fresh := brokertest.Config(t) // a new store: nothing retained
+	relay(&fresh)
+	fresh.Listeners.TCP.Address = addr
+	up = brokertest.Start(t, fresh, brokertest.Logger())
+	waitFor(t, "the bridge to reconnect", connected(dev))
+	waitFor(t, "the health to go up again", func() bool { return dev.Bridges()[0].ForwardedOut == 2 })
+	late := mqtttest.Dial(t, "tcp", addr, mqtttest.V5)
+	late.Connect("dashboard", nil)
+	late.Subscribe("fleet/+/system/health/#", 1)
+	pk := late.Expect(packets.Publish, 0)
+	if pk.TopicName != "fleet/robot4/system/health/arm" || !pk.FixedHeader.Retain || string(pk.Payload) != string(health) {
+		t.Fatalf("late subscriber got %s retain=%v %q", pk.TopicName, pk.FixedHeader.Retain, pk.Payload)
+	}
+}

@@ -23,7 +23,7 @@ import (
 // mosquittoPath finds Debian's mosquitto (in /usr/sbin, often not on a
 // user's PATH). Without it the test is skipped, except in CI, where
 // .ci/run installs it.
-func mosquittoPath(t *testing.T) string {
+func mosquittoPath(t testing.TB) string {
 	t.Helper()
 	for _, p := range []string{"mosquitto", "/usr/sbin/mosquitto"} {
 		if path, err := exec.LookPath(p); err == nil {
@@ -40,7 +40,7 @@ func mosquittoPath(t *testing.T) string {
 // mosquitto is a Mosquitto broker on a loopback port, with persistence, so
 // that a session outlives a restart.
 type mosquitto struct {
-	t       *testing.T
+	t       testing.TB
 	bin     string
 	conf    string
 	address string
@@ -48,7 +48,10 @@ type mosquitto struct {
 	exited  chan struct{}
 }
 
-func startMosquitto(t *testing.T) *mosquitto {
+func startMosquitto(t testing.TB) *mosquitto { return startMosquittoWith(t, "") }
+
+// startMosquittoWith starts mosquitto with more lines of config.
+func startMosquittoWith(t testing.TB, extra string) *mosquitto {
 	t.Helper()
 	m := &mosquitto{t: t, bin: mosquittoPath(t), address: freePort(t)}
 	dir := t.TempDir()
@@ -57,6 +60,7 @@ func startMosquitto(t *testing.T) *mosquitto {
 	if os.Getuid() == 0 {
 		conf += "user root\n" // otherwise it switches to user mosquitto, who cannot write dir
 	}
+	conf += extra
 	m.conf = filepath.Join(dir, "mosquitto.conf")
 	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
