@@ -7,17 +7,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/tarsmq/tarsmq/bridge"
 	"github.com/tarsmq/tarsmq/broker"
+	"github.com/tarsmq/tarsmq/hooks/auth"
 	"github.com/tarsmq/tarsmq/internal/brokertest"
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
+	"github.com/tarsmq/tarsmq/internal/passwd"
 )
 
 // mosquittoPath finds Debian's mosquitto (in /usr/sbin, often not on a
@@ -205,4 +209,45 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// An upstream that wants TLS and a password: the bridge trusts its
+// certificate through tls.ca_file and logs in from password_file; with a
+// wrong password it stays down and says why, queueing meanwhile.
+func TestTLSAndPasswordUpstream(t *testing.T) {
+	dir := t.TempDir()
+	brokertest.WriteCert(t, dir, 1)
+	users := filepath.Join(dir, "passwd")
+	if err := passwd.Set(users, "robot8", "s3cret", bcrypt.MinCost); err != nil {
+		t.Fatal(err)
+	}
+	up := brokertest.Run(t, func(c *broker.Config) {
+		relay(c)
+		c.Listeners.TCP.TLSCertFile, c.Listeners.TCP.TLSKeyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+		c.Auth.PasswordFile = users
+		c.Auth.AllowAnonymous = auth.ToggleFalse
+	})
+	for _, pw := range []string{"wrong", "s3cret"} {
+		t.Run(pw, func(t *testing.T) {
+			pwFile := filepath.Join(t.TempDir(), "fleet.password")
+			if err := os.WriteFile(pwFile, []byte(pw+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			dev := local(t, "robot8", bridge.Config{Name: "fleet", URL: "mqtts://" + up.Addr().String(),
+				Username: "robot8", PasswordFile: pwFile, TLS: bridge.TLSConfig{CAFile: filepath.Join(dir, "cert.pem")},
+				Out: []bridge.Rule{{Topic: "telemetry/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+			if pw == "wrong" {
+				waitFor(t, "the refusal", func() bool { return strings.Contains(dev.Bridges()[0].LastError, "0x86") })
+				if s := dev.Bridges()[0]; s.Connected {
+					t.Fatalf("connected with a wrong password: %+v", s)
+				}
+				return
+			}
+			waitFor(t, "the bridge to connect", connected(dev))
+			pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+			pub.Connect("imu", nil)
+			pub.Publish("telemetry/imu", env("imu", "over tls"), 1, false)
+			waitFor(t, "the message to go up", func() bool { return dev.Bridges()[0].ForwardedOut == 1 })
+		})
+	}
 }

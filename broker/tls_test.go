@@ -1,16 +1,9 @@
 package broker_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -21,42 +14,11 @@ import (
 	"github.com/tarsmq/tarsmq/internal/mqtttest"
 )
 
-// writeCert writes a self-signed certificate for 127.0.0.1 with serial
-// into dir and returns it.
-func writeCert(t *testing.T, dir string, serial int64) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "tarsmq test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, block := range map[string]*pem.Block{"cert.pem": {Type: "CERTIFICATE", Bytes: der}, "key.pem": {Type: "EC PRIVATE KEY", Bytes: kder}} {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return cert
-}
-
 // MQTT over TLS on the TCP listener; a reload picks up a renewed
 // certificate for new connections.
 func TestTLSListener(t *testing.T) {
 	dir := t.TempDir()
-	first := writeCert(t, dir, 1)
+	first := brokertest.WriteCert(t, dir, 1)
 	cfg := brokertest.Config(t)
 	cfg.Listeners.TCP.TLSCertFile, cfg.Listeners.TCP.TLSKeyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	b := brokertest.Start(t, cfg, brokertest.Logger())
@@ -85,7 +47,7 @@ func TestTLSListener(t *testing.T) {
 		t.Fatal("a plain MQTT client is still connected to the TLS listener")
 	}
 
-	second := writeCert(t, dir, 2)
+	second := brokertest.WriteCert(t, dir, 2)
 	if err := b.Reload(cfg); err != nil {
 		t.Fatal(err)
 	}
