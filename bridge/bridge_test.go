@@ -155,10 +155,7 @@ func receiveInOrder(t *testing.T, c *mqtttest.Client, prefix string, n int) {
 }
 
 // persistent makes a subscriber's session outlive its connection.
-func persistent(pk *packets.Packet) {
-	pk.Connect.Clean = false
-	pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
-}
+var persistent = mqtttest.Persistent
 
 // While the upstream is down, QoS 1 messages queue; once it is back, every
 // one arrives once and in order.
@@ -269,19 +266,7 @@ func TestNoLoopBetweenTwoBridgedBrokers(t *testing.T) {
 	pubA.Publish("x/1", env("pa", "from a"), 1, false)
 	pubB.Publish("x/2", env("pb", "from b"), 1, false)
 	for _, c := range []*mqtttest.Client{onA, onB} {
-		got := map[string]int{}
-		for range 2 {
-			pk := c.Expect(packets.Publish, 0)
-			c.Ack(pk)
-			got[pk.TopicName]++
-		}
-		// A loop would bring more copies at once; wait a little for them.
-		if pk, err := c.Next(packets.Publish, 0, 500*time.Millisecond); err == nil {
-			got[pk.TopicName]++
-		}
-		if got["x/1"] != 1 || got["x/2"] != 1 {
-			t.Fatalf("deliveries %v, want each once", got)
-		}
+		expectEachOnce(t, c, "x/1", "x/2")
 	}
 }
 
@@ -304,18 +289,26 @@ func TestNoEchoUpTheSameBridge(t *testing.T) {
 	svc := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
 	svc.Connect("svc", nil)
 	svc.Publish("shared/up", env("svc", "up"), 1, false)
-	for name, c := range map[string]*mqtttest.Client{"upstream": upSub, "device": devSub} {
-		got := map[string]int{}
-		for range 2 {
-			pk := c.Expect(packets.Publish, 0)
-			c.Ack(pk)
-			got[pk.TopicName]++
-		}
-		if pk, err := c.Next(packets.Publish, 0, 500*time.Millisecond); err == nil {
-			got[pk.TopicName]++
-		}
-		if got["shared/down"] != 1 || got["shared/up"] != 1 {
-			t.Fatalf("%s got %v, want each once", name, got)
+	expectEachOnce(t, upSub, "shared/down", "shared/up")
+	expectEachOnce(t, devSub, "shared/down", "shared/up")
+}
+
+// expectEachOnce receives one message on each topic, and checks that no
+// more come: a loop would bring more copies at once, so it waits a little.
+func expectEachOnce(t *testing.T, c *mqtttest.Client, topics ...string) {
+	t.Helper()
+	got := map[string]int{}
+	for range topics {
+		pk := c.Expect(packets.Publish, 0)
+		c.Ack(pk)
+		got[pk.TopicName]++
+	}
+	if pk, err := c.Next(packets.Publish, 0, 500*time.Millisecond); err == nil {
+		got[pk.TopicName]++
+	}
+	for _, topic := range topics {
+		if got[topic] != 1 {
+			t.Fatalf("deliveries %v, want each of %v once", got, topics)
 		}
 	}
 }

@@ -1,14 +1,12 @@
 package bridge_test
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -77,7 +75,7 @@ func startMosquittoWith(t testing.TB, extra string) *mosquitto {
 func (m *mosquitto) start() {
 	m.t.Helper()
 	m.cmd = exec.Command(m.bin, "-c", m.conf)
-	out := &lockedBuffer{}
+	out := &brokertest.LogBuffer{}
 	m.cmd.Stdout, m.cmd.Stderr = out, out
 	if err := m.cmd.Start(); err != nil {
 		m.t.Fatal(err)
@@ -191,24 +189,6 @@ func TestV311Upstream(t *testing.T) {
 			}
 		},
 		func() { up = brokertest.Start(t, upCfg, brokertest.Logger()) })
-}
-
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // An upstream that wants TLS and a password: the bridge trusts its

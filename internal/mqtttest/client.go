@@ -361,3 +361,10 @@ func (c *Client) Closed(timeout time.Duration) error {
 		return nil
 	}
 }
+
+// Persistent edits a CONNECT so that the session outlives the connection
+// (clean start off, session expiry an hour): pass it to Connect.
+func Persistent(pk *packets.Packet) {
+	pk.Connect.Clean = false
+	pk.Properties.SessionExpiryInterval, pk.Properties.SessionExpiryIntervalFlag = 3600, true
+}
