@@ -24,7 +24,7 @@ type Config struct {
 	ClientID string `yaml:"client_id,omitempty"`
 	Username string `yaml:"username,omitempty"`
 	// Password, or PasswordFile to read it from (kept out of the config).
-	Password     string `yaml:"password,omitempty"`
+	Password     string `yaml:"password,omitempty" secret:"true"`
 	PasswordFile string `yaml:"password_file,omitempty"`
 	// TLS for tls://, ssl:// and mqtts:// URLs.
 	TLS TLSConfig `yaml:"tls,omitempty"`
@@ -144,6 +144,8 @@ func (c Config) Validate(at string) error {
 	}
 	if _, _, err := parseURL(c.URL); err != nil {
 		bad("url", "%v", err)
+	} else if u, _ := url.Parse(c.URL); u.User != nil {
+		bad("url", "%s holds credentials: set username, and password or password_file, instead (they stay out of logs)", redact(c.URL))
 	}
 	if c.Protocol != "" && c.Protocol != "5" && c.Protocol != "3.1.1" {
 		bad("protocol", "%q: use 5 or 3.1.1", c.Protocol)
@@ -210,7 +212,7 @@ func parseURL(raw string) (network, address string, err error) {
 	case "tls", "ssl", "mqtts":
 		return "tls", hostPort(u.Host, "8883"), nil
 	}
-	return "", "", fmt.Errorf("%q: scheme %q is not one of tcp, mqtt, tls, ssl, mqtts, unix", raw, u.Scheme)
+	return "", "", fmt.Errorf("%q: scheme %q is not one of tcp, mqtt, tls, ssl, mqtts, unix; use e.g. mqtts://fleet.example.com:8883", raw, u.Scheme)
 }
 
 func hostPort(host, port string) string {

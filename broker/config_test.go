@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tarsmq/tarsmq/bridge"
 	"github.com/tarsmq/tarsmq/broker"
 )
 
@@ -16,6 +17,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 
 // Every validation error names the field and says what to do.
 func TestConfigValidationNamesTheField(t *testing.T) {
+	rule := []bridge.Rule{{Topic: "commands/#", QoS: 1}}
 	cases := []struct {
 		edit  func(*broker.Config)
 		field string
@@ -37,6 +39,22 @@ func TestConfigValidationNamesTheField(t *testing.T) {
 		{func(c *broker.Config) { c.SlowSubscriber.Policy = "wait" }, "slow_subscriber.policy:", `"qos", "block" or "drop"`},
 		{func(c *broker.Config) { c.SlowSubscriber.Policy, c.SlowSubscriber.BlockTimeout = broker.PolicyBlock, 0 }, "slow_subscriber.block_timeout:", "1s"},
 		{func(c *broker.Config) { c.SlowSubscriber.WriteTimeout = time.Millisecond }, "slow_subscriber.write_timeout:", "30s"},
+		{func(c *broker.Config) { c.Bridges = []bridge.Config{{Name: "fleet", URL: "http://x", In: rule}} }, "bridges[0].url:", "mqtts://"},
+		{func(c *broker.Config) { c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://u:pw@x", In: rule}} }, "bridges[0].url:", "password_file"},
+		{func(c *broker.Config) { c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://x"}} }, "bridges[0].out:", "remote_prefix"},
+		{func(c *broker.Config) { c.Bridges = []bridge.Config{{Name: "a/b", URL: "mqtt://x", In: rule}} }, "bridges[0].name:", "short name"},
+		{func(c *broker.Config) {
+			c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://x", Out: []bridge.Rule{{Topic: "a/#/b", QoS: 2}}}}
+		}, "bridges[0].out[0].topic:", "topic filter"},
+		{func(c *broker.Config) {
+			c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://x", Out: []bridge.Rule{{Topic: "a/#", QoS: 2}}}}
+		}, "bridges[0].out[0].qos:", "use 0 or 1"},
+		{func(c *broker.Config) {
+			c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://x", In: rule}, {Name: "fleet", URL: "mqtt://y", In: rule}}
+		}, "bridges[1].name:", "must differ"},
+		{func(c *broker.Config) {
+			c.Bridges = []bridge.Config{{Name: "fleet", URL: "mqtt://x", In: rule, Queue: bridge.QueueConfig{Overflow: "lose"}}}
+		}, "bridges[0].queue.overflow:", "drop_oldest"},
 	}
 	for _, tc := range cases {
 		cfg := broker.DefaultConfig()

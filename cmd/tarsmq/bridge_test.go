@@ -150,3 +150,21 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// `tarsmq config` shows a bridge's settings but not its password.
+func TestConfigRedactsBridgePassword(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "tarsmq.yaml")
+	if err := os.WriteFile(conf, []byte(`bridges:
+  - name: fleet
+    url: mqtts://fleet.example.com
+    username: robot
+    password: hunter2-bridge
+    out: [{topic: "system/health/#", remote_prefix: "fleet/{device_id}/", qos: 1}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, []string{"TARSMQ_CONFIG="}, "config", "--config", conf)
+	if code != 0 || strings.Contains(out, "hunter2-bridge") || !strings.Contains(out, "fleet.example.com") {
+		t.Fatalf("exit %d:\n%s%s", code, out, errOut)
+	}
+}
