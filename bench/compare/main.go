@@ -114,7 +114,7 @@ func run() error {
 			soaks = append(soaks, s)
 		}
 	}
-	cold := ""
+	var cold coldStartResult
 	if !o.skipColdStart {
 		if cold, err = coldStart(ctx); err != nil {
 			return err
@@ -385,18 +385,44 @@ func (b *broker) soak(ctx context.Context, bin string, sc scenario, runs int) (s
 
 // coldStart runs the cold start benchmark of cmd/tarsmq: 10k retained
 // messages, time to accepting connections.
-func coldStart(ctx context.Context) (string, error) {
+func coldStart(ctx context.Context) (coldStartResult, error) {
 	cmd := exec.CommandContext(ctx, "go", "test", "-run", "XXX", "-bench", "BenchmarkColdStart", "-benchtime", "3x", "./cmd/tarsmq")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("cold start benchmark: %w\n%s", err, out)
+		return coldStartResult{}, fmt.Errorf("cold start benchmark: %w\n%s", err, out)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		if strings.HasPrefix(line, "BenchmarkColdStart") {
-			return strings.Join(strings.Fields(line)[2:], " "), nil
+			return parseColdStart(strings.Fields(line)[2:])
 		}
 	}
-	return "", fmt.Errorf("cold start benchmark printed no result:\n%s", out)
+	return coldStartResult{}, fmt.Errorf("cold start benchmark printed no result:\n%s", out)
+}
+
+// coldStartResult is what BenchmarkColdStart measured.
+type coldStartResult struct {
+	ms, rssMiB float64
+}
+
+// parseColdStart reads "196996401 ns/op 58.88 RSS-MiB ...".
+func parseColdStart(fields []string) (coldStartResult, error) {
+	var r coldStartResult
+	for i := 0; i+1 < len(fields); i += 2 {
+		v, err := strconv.ParseFloat(fields[i], 64)
+		if err != nil {
+			return r, fmt.Errorf("cold start benchmark: %q: %w", fields[i], err)
+		}
+		switch fields[i+1] {
+		case "ns/op":
+			r.ms = v / 1e6
+		case "RSS-MiB":
+			r.rssMiB = v
+		}
+	}
+	if r.ms == 0 {
+		return r, fmt.Errorf("cold start benchmark: no ns/op in %v", fields)
+	}
+	return r, nil
 }
 
 // machine describes where the run happened.
