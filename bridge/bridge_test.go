@@ -337,7 +337,7 @@ func TestRetainedStateRepublishedAfterReconnect(t *testing.T) {
 	fresh := brokertest.Config(t) // a new store: nothing retained
 	relay(&fresh)
 	fresh.Listeners.TCP.Address = addr
-	up = brokertest.Start(t, fresh, brokertest.Logger())
+	brokertest.Start(t, fresh, brokertest.Logger())
 	waitFor(t, "the bridge to reconnect", connected(dev))
 	waitFor(t, "the health to go up again", func() bool { return dev.Bridges()[0].ForwardedOut == 2 })
 	late := mqtttest.Dial(t, "tcp", addr, mqtttest.V5)
