@@ -32,6 +32,7 @@ type queue struct {
 
 	mu       sync.Mutex
 	next     uint64              // seq of the next message
+	head     uint64              // no message below this seq is left: scans for the oldest start here
 	count    int                 // messages queued
 	bytes    int64               // and their size
 	inflight map[uint64]struct{} // sent, not yet acknowledged: never dropped
@@ -140,16 +141,26 @@ func (q *queue) overLocked(n int, size int64) bool {
 func (q *queue) dropOldestLocked(size int64) error {
 	var keys [][]byte
 	count, bytes := q.count, q.bytes
-	err := q.st.ScanFrom(q.prefix, q.prefix, func(key, value []byte) (bool, error) {
+	head, kept := q.head, false
+	// From head, not the prefix: the deleted keys below it would be walked
+	// again on every push of a full queue.
+	err := q.st.ScanFrom(q.prefix, q.key(q.head), func(key, value []byte) (bool, error) {
+		seq, err := q.seqOf(key)
+		if !kept && err == nil {
+			head = seq
+		}
 		if !(q.cfg.MaxMessages > 0 && count+1 > q.cfg.MaxMessages) && !(q.cfg.MaxBytes > 0 && bytes+size > int64(q.cfg.MaxBytes)) {
 			return false, nil
 		}
-		seq, err := q.seqOf(key)
 		if err != nil {
 			return true, nil // take removes it
 		}
 		if _, busy := q.inflight[seq]; busy {
+			kept = true
 			return true, nil
+		}
+		if !kept {
+			head = seq + 1
 		}
 		keys = append(keys, append([]byte(nil), key...))
 		count--
@@ -163,7 +174,7 @@ func (q *queue) dropOldestLocked(size int64) error {
 		return err
 	}
 	q.dropped += uint64(len(keys))
-	q.count, q.bytes = count, bytes
+	q.count, q.bytes, q.head = count, bytes, head
 	return nil
 }
 

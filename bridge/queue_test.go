@@ -7,7 +7,7 @@ import (
 	"github.com/tarsmq/tarsmq/store"
 )
 
-func openStore(t *testing.T) *store.Store {
+func openStore(t testing.TB) *store.Store {
 	t.Helper()
 	cfg := store.DefaultConfig()
 	cfg.Dir = t.TempDir()
@@ -61,5 +61,40 @@ func TestDamagedRecordDoesNotBlockTheQueue(t *testing.T) {
 		if err := st.Put(q.key(2), encode(record{topic: "t/1", qos: 1}), false); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// drop_oldest never drops a message in flight, drops the oldest of the
+// others, and what is left goes out in order.
+func TestDropOldestSparesInflight(t *testing.T) {
+	st := openStore(t)
+	q, err := openQueue(st, "fleet", QueueConfig{MaxMessages: 5, Overflow: DropOldest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	push := func(i int) {
+		if ok, err := q.push(record{topic: fmt.Sprint(i), qos: 1}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		push(i)
+	}
+	if rs, _, err := q.take(0, 1); err != nil || len(rs) != 1 || rs[0].topic != "1" {
+		t.Fatalf("take: %v %v", rs, err)
+	}
+	push(6) // drops 2, not 1 (in flight)
+	push(7) // drops 3
+	q.release()
+	rs, _, err := q.take(0, 10)
+	var got []string
+	for _, r := range rs {
+		got = append(got, r.topic)
+	}
+	if err != nil || fmt.Sprint(got) != "[1 4 5 6 7]" {
+		t.Fatalf("left %v %v", got, err)
+	}
+	if n, _, dropped, _, _ := q.stats(); n != 5 || dropped != 2 {
+		t.Fatalf("%d queued, %d dropped", n, dropped)
 	}
 }
