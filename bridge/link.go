@@ -56,6 +56,7 @@ type refusedError struct {
 	reason string
 }
 
+// Error says what the upstream answered.
 func (e *refusedError) Error() string {
 	return fmt.Sprintf("upstream refused the message: reason %#x %s", e.code, e.reason)
 }
@@ -137,6 +138,8 @@ type ackSession struct {
 	next func(packets.ControlPacket) // the done of the publish being added
 }
 
+// AddToSession hands a publish to paho's session with a channel of its
+// own, and passes its acknowledgement to the publish's done.
 func (s *ackSession) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {
 	if _, ok := p.(*packets.Publish); !ok || s.next == nil {
 		return s.State.AddToSession(ctx, p, resp)
