@@ -348,3 +348,47 @@ func TestRetainedStateRepublishedAfterReconnect(t *testing.T) {
 		t.Fatalf("late subscriber got %s retain=%v %q", pk.TopicName, pk.FixedHeader.Retain, pk.Payload)
 	}
 }
+
+// A retained message under an in rule comes down with the bridge's first
+// subscription, not again each time the link comes back: a retained
+// command would otherwise run once per reconnect.
+func TestRetainedInMessageNotRepeatedOnReconnect(t *testing.T) {
+	upCfg := brokertest.Config(t)
+	relay(&upCfg)
+	up := brokertest.Start(t, upCfg, brokertest.Logger())
+	upCfg.Listeners.TCP.Address = up.Addr().String()
+	op := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	op.Connect("operator", nil)
+	op.Publish("fleet/robot6/commands/mode", env("operator", "patrol"), 1, true)
+	op.Disconnect()
+
+	dev := local(t, "robot6", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(),
+		In: []bridge.Rule{{Topic: "commands/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+	waitFor(t, "the retained command", func() bool { return dev.Bridges()[0].ForwardedIn == 1 })
+	svc := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+	svc.Connect("nav", nil)
+	svc.Subscribe("commands/#", 1) // gets the command, retained here too
+	if err := up.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the bridge to notice", func() bool { return !dev.Bridges()[0].Connected })
+	up = brokertest.Start(t, upCfg, brokertest.Logger()) // the same store: the bridge's session is still there
+	waitFor(t, "the bridge to reconnect", connected(dev))
+	// A repeat would come with the subscription, before anything published
+	// after it: the service reads up to a marker command.
+	op = mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	op.Connect("operator", nil)
+	op.Publish("fleet/robot6/commands/marker", env("operator", "marker"), 1, false)
+	modes := 0
+	for {
+		pk := svc.Expect(packets.Publish, 0)
+		svc.Ack(pk)
+		if pk.TopicName == "commands/marker" {
+			break
+		}
+		modes++
+	}
+	if modes != 1 {
+		t.Fatalf("the retained command reached the service %d times", modes)
+	}
+}

@@ -258,7 +258,11 @@ func (l *link5) subscribe(ctx context.Context, rules []Rule) error {
 	}
 	s := &paho.Subscribe{}
 	for _, r := range rules {
-		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: r.remoteFilter(), QoS: r.QoS, NoLocal: true, RetainAsPublished: true})
+		// RetainHandling 1: retained messages come with the first
+		// subscription only, not again on every reconnect of the
+		// persistent session (a retained command would run again).
+		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: r.remoteFilter(), QoS: r.QoS,
+			NoLocal: true, RetainAsPublished: true, RetainHandling: 1})
 	}
 	sa, err := l.cli.Subscribe(ctx, s)
 	if err != nil {
