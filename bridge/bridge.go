@@ -61,6 +61,7 @@ type Bridge struct {
 	peer  string // the upstream tarsmq's broker id
 
 	out, in, dropped0, rejectedIn, refusedUp atomic.Uint64
+	poison                                   poison // used by the run goroutine only
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -247,14 +248,22 @@ type ack struct {
 
 // forward sends the queue in order, at most Inflight messages awaiting
 // their PUBACK, and the QoS 0 messages as they come.
-func (b *Bridge) forward(ctx context.Context, l link) error {
+func (b *Bridge) forward(ctx context.Context, l link) (err error) {
 	acks := make(chan ack, b.cfg.Inflight+1)
-	inflight := 0
+	inflight, answered := 0, 0
 	var cursor uint64
 	var acked []record
+	var first *record // the first queued message sent on this link
 	flush := time.NewTicker(20 * time.Millisecond)
 	defer flush.Stop()
 	defer func() { _ = b.q.done(acked) }()
+	defer func() {
+		if ctx.Err() == nil && answered == 0 && first != nil {
+			b.suspect(*first)
+		} else if answered > 0 {
+			b.poison = poison{}
+		}
+	}()
 	for {
 		if free := b.cfg.Inflight - inflight; free > 0 {
 			rs, damaged, err := b.q.take(cursor, free)
@@ -265,12 +274,20 @@ func (b *Bridge) forward(ctx context.Context, l link) error {
 				b.d.Log.Error("bridge: unreadable messages in the queue (a damaged store); removed", "bridge", b.cfg.Name, "count", damaged)
 			}
 			for _, r := range rs {
-				r := r
+				inflight++
+				cursor = r.seq
+				if max := l.maxPacket(); max > 0 && r.packetSize() > int(max) {
+					// Sent, it would cost the link: the upstream disconnects
+					// a client over its maximum, and the queue would stall.
+					acks <- ack{r, &refusedError{code: 0x95, reason: fmt.Sprintf("%d bytes, over the upstream's maximum packet size of %d", r.packetSize(), max)}}
+					continue
+				}
+				if first == nil {
+					first = &r
+				}
 				if err := l.publish(r, func(err error) { acks <- ack{r, err} }); err != nil {
 					return err
 				}
-				inflight++
-				cursor = r.seq
 			}
 		}
 		select {
@@ -280,6 +297,7 @@ func (b *Bridge) forward(ctx context.Context, l link) error {
 			return errors.New("link lost")
 		case a := <-acks:
 			inflight--
+			answered++
 			var refused *refusedError
 			switch {
 			case errors.As(a.err, &refused):
@@ -314,6 +332,38 @@ func (b *Bridge) forward(ctx context.Context, l link) error {
 			acked = acked[:0]
 		}
 	}
+}
+
+// poisonLinks is how many links in a row may end without a single answer
+// from the upstream, each right after the same message was the first sent,
+// before that message is taken out of the queue: an upstream that drops
+// the link for one message (too large for it, without saying so) would
+// otherwise stall the queue behind it for ever.
+const poisonLinks = 5
+
+// poison tracks the message links ended on.
+type poison struct {
+	seq   uint64
+	links int
+}
+
+// suspect notes that a link ended with no answer after r was the first
+// message sent on it, and takes r out of the queue, counted as refused
+// upstream, once that has happened poisonLinks times in a row.
+func (b *Bridge) suspect(r record) {
+	if b.poison.seq != r.seq {
+		b.poison = poison{seq: r.seq}
+	}
+	if b.poison.links++; b.poison.links < poisonLinks {
+		return
+	}
+	b.poison = poison{}
+	if err := b.q.done([]record{r}); err != nil {
+		return
+	}
+	b.refusedUp.Add(1)
+	b.d.Log.Error("bridge: the upstream dropped the link every time this message was sent; taken out of the queue", "bridge", b.cfg.Name,
+		"topic", r.topic, "bytes", len(r.payload), "links", poisonLinks)
 }
 
 // queueRetained forwards the local retained messages the out rules match,

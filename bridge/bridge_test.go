@@ -3,6 +3,7 @@ package bridge_test
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -390,5 +391,69 @@ func TestRetainedInMessageNotRepeatedOnReconnect(t *testing.T) {
 	}
 	if modes != 1 {
 		t.Fatalf("the retained command reached the service %d times", modes)
+	}
+}
+
+// A message over the upstream's maximum packet size (which tarsmq
+// announces in its CONNACK) is not sent, since the upstream would drop the
+// link for it and the queue would stall behind it: it leaves the queue,
+// counted, and the rest goes on.
+func TestOversizedMessageDoesNotStallTheQueue(t *testing.T) {
+	up := brokertest.Run(t, func(c *broker.Config) { relay(c); c.Limits.MaxPacketSize = 1 << 10 })
+	dev := local(t, "robot2", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(),
+		Out: []bridge.Rule{{Topic: "camera/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+	waitFor(t, "the bridge to connect", connected(dev))
+	sub := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	sub.Connect("fleet-db", nil)
+	sub.Subscribe("fleet/#", 1)
+	pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+	pub.Connect("camera", nil)
+	for _, text := range []string{"a0", strings.Repeat("x", 2000), "a1"} {
+		if ack := pub.Publish("camera/front", env("camera", text), 1, false); ack.ReasonCode != 0 {
+			t.Fatalf("local publish: %#x", ack.ReasonCode)
+		}
+	}
+	receiveInOrder(t, sub, "a", 2)
+	waitFor(t, "the queue to empty", func() bool { return dev.Bridges()[0].Queued == 0 })
+	if s := dev.Bridges()[0]; s.RefusedUp != 1 || !s.Connected || s.ForwardedOut != 2 {
+		t.Fatalf("state %+v", s)
+	}
+}
+
+// Over MQTT 3.1.1 the upstream cannot announce its maximum packet size, and
+// drops the link on an oversized message: after a few links ended that way
+// the message leaves the queue, counted, and the rest goes on.
+func TestMessageThatKeepsDroppingTheLinkIsTakenOut(t *testing.T) {
+	up := brokertest.Run(t, func(c *broker.Config) { relay(c); c.Limits.MaxPacketSize = 1 << 10 })
+	dev := local(t, "robot2", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(), Protocol: "3.1.1",
+		Out: []bridge.Rule{{Topic: "camera/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+	waitFor(t, "the bridge to connect", connected(dev))
+	sub := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	sub.Connect("fleet-db", nil)
+	sub.Subscribe("fleet/#", 1)
+	pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+	pub.Connect("camera", nil)
+	for _, text := range []string{"a0", strings.Repeat("x", 2000), "a1"} {
+		if ack := pub.Publish("camera/front", env("camera", text), 1, false); ack.ReasonCode != 0 {
+			t.Fatalf("local publish: %#x", ack.ReasonCode)
+		}
+	}
+	var got []string
+	for !slices.Contains(got, "a1") {
+		pk, err := sub.Next(packets.Publish, 0, 15*time.Second)
+		if err != nil {
+			t.Fatalf("got %v: %v", got, err)
+		}
+		sub.Ack(pk)
+		if text := textOf(t, pk.Payload); len(got) == 0 || got[len(got)-1] != text { // a resend is fine
+			got = append(got, text)
+		}
+	}
+	if fmt.Sprint(got) != "[a0 a1]" {
+		t.Fatalf("upstream got %v", got)
+	}
+	waitFor(t, "the queue to empty", func() bool { return dev.Bridges()[0].Queued == 0 })
+	if s := dev.Bridges()[0]; s.RefusedUp != 1 {
+		t.Fatalf("state %+v", s)
 	}
 }

@@ -17,11 +17,14 @@ import (
 // Hook is the mochi hook of the broker's bridges: it offers every message
 // published locally to each bridge before the publisher is acknowledged
 // (so a queued message is on disk first), and tells MQTT 5 clients this
-// broker's id in the CONNACK, which a bridging tarsmq uses against loops.
+// broker's id in the CONNACK, which a bridging tarsmq uses against loops,
+// with the broker's maximum packet size (mochi announces none), so that a
+// client does not send what would get it disconnected.
 type Hook struct {
 	mqtt.HookBase
-	brokerID string
-	bridges  []*Bridge
+	brokerID  string
+	maxPacket uint32
+	bridges   []*Bridge
 }
 
 // hookEvents are the events the hook handles.
@@ -30,9 +33,10 @@ var hookEvents = []byte{
 	mqtt.OnPacketEncode,
 }
 
-// NewHook returns the hook for bridges, logging to log.
-func NewHook(brokerID string, bridges []*Bridge, log *slog.Logger) *Hook {
-	h := &Hook{brokerID: brokerID, bridges: bridges}
+// NewHook returns the hook for bridges, logging to log; maxPacket is the
+// broker's maximum packet size (0: none).
+func NewHook(brokerID string, maxPacket uint32, bridges []*Bridge, log *slog.Logger) *Hook {
+	h := &Hook{brokerID: brokerID, maxPacket: maxPacket, bridges: bridges}
 	h.Log = log
 	return h
 }
@@ -54,10 +58,12 @@ func (h *Hook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, err
 	return pk, nil
 }
 
-// OnPacketEncode adds this broker's id to an MQTT 5 CONNACK.
+// OnPacketEncode adds this broker's id and maximum packet size to an MQTT
+// 5 CONNACK.
 func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
 		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: propBrokerID, Val: h.brokerID})
+		pk.Properties.MaximumPacketSize = h.maxPacket
 	}
 	return pk
 }

@@ -38,6 +38,8 @@ type link interface {
 	lost() <-chan struct{}
 	// peerID is the upstream tarsmq's broker id, "" for another broker.
 	peerID() string
+	// maxPacket is the largest packet the upstream takes (0: unknown).
+	maxPacket() uint32
 	close()
 }
 
@@ -127,6 +129,7 @@ type link5 struct {
 	down  chan struct{}
 	once  sync.Once
 	peer  string
+	max   uint32     // the upstream's Maximum Packet Size, 0 if it set none
 	write sync.Mutex // publish: AddToSession and the write in order
 }
 
@@ -208,6 +211,9 @@ func connect5(ctx context.Context, conn net.Conn, c Config, password []byte, onM
 	}
 	if ca.Properties != nil {
 		l.peer = ca.Properties.User.Get(propBrokerID)
+		if ca.Properties.MaximumPacketSize != nil {
+			l.max = *ca.Properties.MaximumPacketSize
+		}
 	}
 	return l, nil
 }
@@ -216,6 +222,7 @@ func (l *link5) markDown() { l.once.Do(func() { close(l.down) }) }
 
 func (l *link5) lost() <-chan struct{} { return l.down }
 func (l *link5) peerID() string        { return l.peer }
+func (l *link5) maxPacket() uint32     { return l.max }
 
 func (l *link5) publish(r record, done func(error)) error {
 	p := &paho.Publish{Topic: r.topic, Payload: r.payload, QoS: r.qos, Retain: r.retain}

@@ -55,6 +55,7 @@ func (l *link3) markDown() { l.once.Do(func() { close(l.down) }) }
 
 func (l *link3) lost() <-chan struct{} { return l.down }
 func (l *link3) peerID() string        { return "" }
+func (l *link3) maxPacket() uint32     { return 0 } // MQTT 3.1.1 does not say
 
 func (l *link3) publish(r record, done func(error)) error {
 	t := l.cli.Publish(r.topic, r.qos, r.retain, r.payload)

@@ -254,6 +254,16 @@ func (q *queue) stats() (count int, bytes int64, dropped, refused, damaged uint6
 	return q.count, q.bytes, q.dropped, q.refused, q.damaged
 }
 
+// packetSize is at least the size of r as an MQTT 5 PUBLISH (with the
+// path property), for checking it against the upstream's maximum.
+func (r record) packetSize() int {
+	n := 2 + len(r.topic) + 2 + 1 + len(r.payload) // topic, packet id, properties length
+	if r.path != "" {
+		n += 1 + 2 + len(propPath) + 2 + len(r.path)
+	}
+	return 1 + 4 + n // fixed header with the longest remaining length
+}
+
 // Record encoding: version 1, flags (qos | retain<<4), then length-prefixed
 // topic and path, then the payload.
 const recordVersion = 1

@@ -308,7 +308,7 @@ func (b *Broker) addBridges() error {
 		}
 		b.bridges = append(b.bridges, br)
 	}
-	if err := b.srv.AddHook(bridge.NewHook(id, b.bridges, b.log.With("component", "bridge")), nil); err != nil {
+	if err := b.srv.AddHook(bridge.NewHook(id, uint32(b.cfg.Limits.MaxPacketSize), b.bridges, b.log.With("component", "bridge")), nil); err != nil {
 		return fmt.Errorf("add bridge hook: %w", err)
 	}
 	return nil
