@@ -399,20 +399,7 @@ func TestRetainedInMessageNotRepeatedOnReconnect(t *testing.T) {
 // link for it and the queue would stall behind it: it leaves the queue,
 // counted, and the rest goes on.
 func TestOversizedMessageDoesNotStallTheQueue(t *testing.T) {
-	up := brokertest.Run(t, func(c *broker.Config) { relay(c); c.Limits.MaxPacketSize = 1 << 10 })
-	dev := local(t, "robot2", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(),
-		Out: []bridge.Rule{{Topic: "camera/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
-	waitFor(t, "the bridge to connect", connected(dev))
-	sub := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
-	sub.Connect("fleet-db", nil)
-	sub.Subscribe("fleet/#", 1)
-	pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
-	pub.Connect("camera", nil)
-	for _, text := range []string{"a0", strings.Repeat("x", 2000), "a1"} {
-		if ack := pub.Publish("camera/front", env("camera", text), 1, false); ack.ReasonCode != 0 {
-			t.Fatalf("local publish: %#x", ack.ReasonCode)
-		}
-	}
+	dev, sub := oversized(t, "5")
 	receiveInOrder(t, sub, "a", 2)
 	waitFor(t, "the queue to empty", func() bool { return dev.Bridges()[0].Queued == 0 })
 	if s := dev.Bridges()[0]; s.RefusedUp != 1 || !s.Connected || s.ForwardedOut != 2 {
@@ -424,20 +411,7 @@ func TestOversizedMessageDoesNotStallTheQueue(t *testing.T) {
 // drops the link on an oversized message: after a few links ended that way
 // the message leaves the queue, counted, and the rest goes on.
 func TestMessageThatKeepsDroppingTheLinkIsTakenOut(t *testing.T) {
-	up := brokertest.Run(t, func(c *broker.Config) { relay(c); c.Limits.MaxPacketSize = 1 << 10 })
-	dev := local(t, "robot2", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(), Protocol: "3.1.1",
-		Out: []bridge.Rule{{Topic: "camera/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
-	waitFor(t, "the bridge to connect", connected(dev))
-	sub := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
-	sub.Connect("fleet-db", nil)
-	sub.Subscribe("fleet/#", 1)
-	pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
-	pub.Connect("camera", nil)
-	for _, text := range []string{"a0", strings.Repeat("x", 2000), "a1"} {
-		if ack := pub.Publish("camera/front", env("camera", text), 1, false); ack.ReasonCode != 0 {
-			t.Fatalf("local publish: %#x", ack.ReasonCode)
-		}
-	}
+	dev, sub := oversized(t, "3.1.1")
 	var got []string
 	for !slices.Contains(got, "a1") {
 		pk, err := sub.Next(packets.Publish, 0, 15*time.Second)
@@ -456,4 +430,26 @@ func TestMessageThatKeepsDroppingTheLinkIsTakenOut(t *testing.T) {
 	if s := dev.Bridges()[0]; s.RefusedUp != 1 {
 		t.Fatalf("state %+v", s)
 	}
+}
+
+// oversized bridges a device over protocol to an upstream that takes
+// packets of 1 KiB at most, with a subscriber there, and publishes a0, a
+// message of 2 KB and a1 on the device.
+func oversized(t *testing.T, protocol string) (*broker.Broker, *mqtttest.Client) {
+	t.Helper()
+	up := brokertest.Run(t, func(c *broker.Config) { relay(c); c.Limits.MaxPacketSize = 1 << 10 })
+	dev := local(t, "robot2", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(), Protocol: protocol,
+		Out: []bridge.Rule{{Topic: "camera/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
+	waitFor(t, "the bridge to connect", connected(dev))
+	sub := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	sub.Connect("fleet-db", nil)
+	sub.Subscribe("fleet/#", 1)
+	pub := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
+	pub.Connect("camera", nil)
+	for _, text := range []string{"a0", strings.Repeat("x", 2000), "a1"} {
+		if ack := pub.Publish("camera/front", env("camera", text), 1, false); ack.ReasonCode != 0 {
+			t.Fatalf("local publish: %#x", ack.ReasonCode)
+		}
+	}
+	return dev, sub
 }
