@@ -297,10 +297,10 @@ func (b *Bridge) forward(ctx context.Context, l link) (err error) {
 			return errors.New("link lost")
 		case a := <-acks:
 			inflight--
-			answered++
 			var refused *refusedError
 			switch {
 			case errors.As(a.err, &refused):
+				answered++
 				// Permanent for this message: it leaves the queue, so
 				// that it does not hold up the others.
 				b.refusedUp.Add(1)
@@ -308,9 +308,10 @@ func (b *Bridge) forward(ctx context.Context, l link) (err error) {
 					b.d.Log.Warn("bridge: the upstream refused a message; dropped from the queue", "bridge", b.cfg.Name,
 						"topic", a.r.topic, "error", a.err, "suppressed", suppressed)
 				}
-			case a.err != nil:
+			case a.err != nil: // the link went down before the answer
 				return a.err
 			default:
+				answered++
 				b.out.Add(1)
 			}
 			if acked = append(acked, a.r); len(acked) >= 256 {
