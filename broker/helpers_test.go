@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tarsmq/tarsmq/broker"
+	"github.com/tarsmq/tarsmq/internal/brokertest"
 )
 
 // endpoint is one way to reach a broker.
@@ -76,18 +77,7 @@ func (in *inbox) duplicates() []string {
 }
 
 // poll checks cond every few milliseconds until it holds or within passes.
-func poll(within time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(within)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
+var poll = brokertest.Poll
 
 // pahoOpts tune a paho test client.
 type pahoOpts struct {

@@ -74,13 +74,7 @@ func (in *inbox) wait(t *testing.T, n int) []client.Message {
 
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	brokertest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 type sttFinal struct {

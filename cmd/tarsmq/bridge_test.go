@@ -118,12 +118,12 @@ bridges:
 	if pk, err := fleet.Next(packets.Publish, 0, 300*time.Millisecond); err == nil {
 		t.Fatalf("one more: %s", pk.Payload)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for st := bridgesOf(t, s.admin)[0]; st.Queued != 0 || !st.Connected || st.ForwardedOut != n; st = bridgesOf(t, s.admin)[0] {
-		if time.Now().After(deadline) {
-			t.Fatalf("after the restart: %+v", st)
-		}
-		time.Sleep(20 * time.Millisecond)
+	var st bridge.State
+	if !brokertest.Poll(10*time.Second, func() bool {
+		st = bridgesOf(t, s.admin)[0]
+		return st.Queued == 0 && st.Connected && st.ForwardedOut == n
+	}) {
+		t.Fatalf("after the restart: %+v", st)
 	}
 }
 

@@ -362,12 +362,9 @@ func TestWills(t *testing.T) {
 	good := connectWithWill("arm2", envelope.HealthTopic("arm2"), env("arm2", envelope.TypeHealth, `{"ok":false,"event":"offline"}`))
 	n := b.Connections()
 	bad.Kill()
-	deadline := time.Now().Add(5 * time.Second)
-	for b.Connections() != n-1 { // the broker has handled the crash, will included
-		if time.Now().After(deadline) {
-			t.Fatal("broker did not notice the dropped connection")
-		}
-		time.Sleep(time.Millisecond)
+	// until the broker has handled the crash, will included
+	if !brokertest.Poll(5*time.Second, func() bool { return b.Connections() == n-1 }) {
+		t.Fatal("broker did not notice the dropped connection")
 	}
 	good.Kill()
 	pk := sub.Expect(packets.Publish, 0)

@@ -60,13 +60,7 @@ func report(t *testing.T, b *broker.Broker) map[string]admin.ServiceReport {
 
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	brokertest.WaitFor(t, 10*time.Second, what, cond)
 }
 
 func TestHealthRecordedAndQueried(t *testing.T) {

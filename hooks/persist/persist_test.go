@@ -57,12 +57,8 @@ func TestRetainedSurvivesRestart(t *testing.T) {
 	if extra, err := sub.Next(packets.Publish, 0, 200*time.Millisecond); err == nil {
 		t.Fatalf("a cleared retained message came back: %s", extra.TopicName)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(b.Server().Topics.Messages("state/short")) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the publisher's expiry was lost in the restart")
-		}
-		time.Sleep(50 * time.Millisecond)
+	if !brokertest.Poll(10*time.Second, func() bool { return len(b.Server().Topics.Messages("state/short")) == 0 }) {
+		t.Fatal("the publisher's expiry was lost in the restart")
 	}
 	if len(b.Server().Topics.Messages("state/kept")) != 1 {
 		t.Fatal("a retained message without expiry expired")
