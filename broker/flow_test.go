@@ -279,7 +279,13 @@ func TestDropPolicyCountsEveryLoss(t *testing.T) {
 			}
 			inflight := func() int64 { return atomic.LoadInt64(&b.Server().Info.Inflight) }
 			if !poll(5*time.Second, func() bool { return inflight() == 0 }) {
-				t.Fatalf("%d messages left in flight after every delivery was acknowledged", inflight())
+				var per []string
+				for _, id := range []string{"slow", "other", "pub"} {
+					if cl, ok := b.Server().Clients.Get(id); ok {
+						per = append(per, fmt.Sprintf("%s=%d", id, cl.State.Inflight.Len()))
+					}
+				}
+				t.Fatalf("%d messages left in flight after every delivery was acknowledged (%v)", inflight(), per)
 			}
 		})
 	}

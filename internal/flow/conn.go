@@ -427,6 +427,13 @@ func (c *Conn) Dropped() uint64 {
 	return c.dropped
 }
 
+// isClosed reports whether the connection is closed.
+func (c *Conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // isLossy reports whether the client's QoS 0 messages are being dropped
 // because its socket stayed full. Without the lock it may be stale.
 func (c *Conn) isLossy() bool {

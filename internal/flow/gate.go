@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -76,6 +77,7 @@ func (ctl *Controller) gateTargets(topic string) []*Conn {
 func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	qos := pk.FixedHeader.Qos
 	if ctl.cfg.Policy == Drop {
+		ctl.waitForChannels(cl, pk.TopicName)
 		return pk, nil
 	}
 	var ctx context.Context
@@ -95,6 +97,29 @@ func (ctl *Controller) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		c.waitForRoom(ctx.Done(), cpuOnly)
 	}
 	return pk, nil
+}
+
+// waitForChannels is the Drop policy's only wait: for a subscriber whose
+// outbound channel in mochi is at its limit. Conn.Write never blocks, so a
+// full channel means mochi's writer is short of CPU, not a slow
+// subscriber; were the channel to fill, mochi would drop the message
+// itself, uncounted in its inflight figure.
+func (ctl *Controller) waitForChannels(cl *mqtt.Client, topic string) {
+	limit := ctl.cfg.OutboundLimit
+	if limit <= 0 {
+		return
+	}
+	var deadline time.Time
+	for _, c := range ctl.gateTargets(topic) {
+		for c.clientID != cl.ID && c.chanLen() >= limit && !c.isClosed() {
+			if deadline.IsZero() {
+				deadline = time.Now().Add(ctl.cfg.BlockTimeout)
+			} else if time.Now().After(deadline) || ctl.ctx.Err() != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 }
 
 // OnSubscribed starts the gate's topic map afresh.
