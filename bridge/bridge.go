@@ -73,6 +73,7 @@ type State struct {
 	URL           string     `json:"url"`
 	Connected     bool       `json:"connected"`
 	LastConnected *time.Time `json:"last_connected,omitempty"`
+	Connects      uint64     `json:"connects"` // links the upstream accepted since the broker started: a flapping link shows here
 	LastError     string     `json:"last_error,omitempty"`
 	Queued        int        `json:"queued"`       // QoS 1 out messages waiting
 	QueuedBytes   int64      `json:"queued_bytes"` // and what they take in the store
@@ -212,6 +213,9 @@ func (b *Bridge) connect(ctx context.Context) (link, error) {
 func (b *Bridge) serve(ctx context.Context, l link) error {
 	defer l.close()
 	defer b.q.release()
+	b.mu.Lock()
+	b.state.Connects++ // the upstream accepted the link
+	b.mu.Unlock()
 	if err := l.subscribe(ctx, b.cfg.In); err != nil {
 		return err
 	}
@@ -294,7 +298,7 @@ func (b *Bridge) forward(ctx context.Context, l link) (err error) {
 		case <-ctx.Done():
 			return nil
 		case <-l.lost():
-			return errors.New("link lost")
+			return fmt.Errorf("link lost: %w", l.cause())
 		case a := <-acks:
 			inflight--
 			var refused *refusedError

@@ -68,13 +68,7 @@ func relay(c *broker.Config) {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	brokertest.WaitFor(t, 15*time.Second, what, cond)
 }
 
 func connected(b *broker.Broker) func() bool {
@@ -366,6 +360,11 @@ func TestRetainedInMessageNotRepeatedOnReconnect(t *testing.T) {
 	dev := local(t, "robot6", bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(),
 		In: []bridge.Rule{{Topic: "commands/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})
 	waitFor(t, "the retained command", func() bool { return dev.Bridges()[0].ForwardedIn == 1 })
+	// and its PUBACK upstream: an unacknowledged one is sent again (QoS 1)
+	waitFor(t, "the upstream's inflight to empty", func() bool {
+		cl, ok := up.Server().Clients.Get("tarsmq-robot6-fleet")
+		return ok && cl.State.Inflight.Len() == 0
+	})
 	svc := mqtttest.Dial(t, "unix", dev.SocketPath(), mqtttest.V5)
 	svc.Connect("nav", nil)
 	svc.Subscribe("commands/#", 1) // gets the command, retained here too
@@ -452,4 +451,35 @@ func oversized(t *testing.T, protocol string) (*broker.Broker, *mqtttest.Client)
 		}
 	}
 	return dev, sub
+}
+
+// A command sent while the device was off waits in the bridge's session
+// upstream and is resent when it comes back, as its first packet; the
+// bridge's SUBSCRIBE then carries the same packet id, which mochi refuses
+// (0x91). The bridge asks again rather than drop the link, which would
+// bring the resend, and the refusal, back on every reconnect.
+func TestResumedSessionWithPendingInMessageConnects(t *testing.T) {
+	up := brokertest.Run(t, relay)
+	devCfg := brokertest.Config(t)
+	relay(&devCfg)
+	devCfg.DeviceID = "robot5"
+	devCfg.Bridges = []bridge.Config{fast(bridge.Config{Name: "fleet", URL: "tcp://" + up.Addr().String(),
+		In: []bridge.Rule{{Topic: "commands/#", RemotePrefix: "fleet/{device_id}/", QoS: 1}}})}
+	dev := brokertest.Start(t, devCfg, brokertest.Logger())
+	waitFor(t, "the bridge to connect", connected(dev))
+	if err := dev.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	op := mqtttest.Dial(t, "tcp", up.Addr().String(), mqtttest.V5)
+	op.Connect("operator", nil)
+	op.Publish("fleet/robot5/commands/dock", env("operator", "dock"), 1, false)
+
+	dev = brokertest.Start(t, devCfg, brokertest.Logger())
+	waitFor(t, "the bridge to connect", connected(dev))
+	waitFor(t, "the command", func() bool { return dev.Bridges()[0].ForwardedIn >= 1 })
+	op.Publish("fleet/robot5/commands/marker", env("operator", "marker"), 1, false)
+	waitFor(t, "the marker", func() bool { return dev.Bridges()[0].ForwardedIn >= 2 })
+	if s := dev.Bridges()[0]; s.ForwardedIn != 2 || s.Connects != 1 {
+		t.Fatalf("%d messages came down over %d links; want the command once and the marker, over one", s.ForwardedIn, s.Connects)
+	}
 }

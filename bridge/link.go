@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,8 +35,9 @@ type link interface {
 	publish(r record, done func(error)) error
 	// subscribe subscribes to the in rules' remote filters.
 	subscribe(ctx context.Context, subs []Rule) error
-	// lost is closed when the link is down.
+	// lost is closed when the link is down; cause then says why.
 	lost() <-chan struct{}
+	cause() error
 	// peerID is the upstream tarsmq's broker id, "" for another broker.
 	peerID() string
 	// maxPacket is the largest packet the upstream takes (0: unknown).
@@ -121,13 +123,35 @@ func (d *dialer) dial(ctx context.Context) (net.Conn, error) {
 	return nd.DialContext(ctx, d.network, d.address)
 }
 
+// down tells when a link went down, and why.
+type down struct {
+	ch   chan struct{}
+	once sync.Once
+	err  error // set before ch is closed
+}
+
+func newDown() *down { return &down{ch: make(chan struct{})} }
+
+// markDown records that the link is down because of err; only the first
+// call counts.
+func (d *down) markDown(err error) {
+	d.once.Do(func() {
+		d.err = err
+		close(d.ch)
+	})
+}
+
+func (d *down) lost() <-chan struct{} { return d.ch }
+
+// cause is why the link went down; call it once lost is closed.
+func (d *down) cause() error { return d.err }
+
 // link5 is an MQTT 5 link on paho.golang. It publishes with AsyncSend, in
 // order, and learns of each PUBACK through its session (ackSession).
 type link5 struct {
-	cli   *paho.Client
-	sess  *ackSession
-	down  chan struct{}
-	once  sync.Once
+	cli  *paho.Client
+	sess *ackSession
+	*down
 	peer  string
 	max   uint32     // the upstream's Maximum Packet Size, 0 if it set none
 	write sync.Mutex // publish: AddToSession and the write in order
@@ -165,7 +189,7 @@ func (s *ackSession) AddToSession(ctx context.Context, p session.Packet, resp ch
 
 // connect5 connects over conn and returns the link once CONNACK accepts.
 func connect5(ctx context.Context, conn net.Conn, c Config, password []byte, onMessage func(message)) (*link5, error) {
-	l := &link5{sess: &ackSession{State: state.NewInMemory()}, down: make(chan struct{})}
+	l := &link5{sess: &ackSession{State: state.NewInMemory()}, down: newDown()}
 	l.cli = paho.NewClient(paho.ClientConfig{
 		ClientID:      c.ClientID,
 		Conn:          packets.NewThreadSafeConn(conn),
@@ -180,8 +204,14 @@ func connect5(ctx context.Context, conn net.Conn, c Config, password []byte, onM
 			onMessage(m)
 			return true, nil
 		}},
-		OnClientError:      func(error) { l.markDown() },
-		OnServerDisconnect: func(*paho.Disconnect) { l.markDown() },
+		OnClientError: func(err error) { l.markDown(err) },
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			reason := ""
+			if d.Properties != nil {
+				reason = d.Properties.ReasonString
+			}
+			l.markDown(fmt.Errorf("the upstream disconnected the bridge: reason %#x %s", d.ReasonCode, reason))
+		},
 	})
 	expiry := uint32(c.SessionExpiry / time.Second)
 	cp := &paho.Connect{
@@ -218,11 +248,8 @@ func connect5(ctx context.Context, conn net.Conn, c Config, password []byte, onM
 	return l, nil
 }
 
-func (l *link5) markDown() { l.once.Do(func() { close(l.down) }) }
-
-func (l *link5) lost() <-chan struct{} { return l.down }
-func (l *link5) peerID() string        { return l.peer }
-func (l *link5) maxPacket() uint32     { return l.max }
+func (l *link5) peerID() string    { return l.peer }
+func (l *link5) maxPacket() uint32 { return l.max }
 
 func (l *link5) publish(r record, done func(error)) error {
 	p := &paho.Publish{Topic: r.topic, Payload: r.payload, QoS: r.qos, Retain: r.retain}
@@ -271,20 +298,45 @@ func (l *link5) subscribe(ctx context.Context, rules []Rule) error {
 		s.Subscriptions = append(s.Subscriptions, paho.SubscribeOptions{Topic: r.remoteFilter(), QoS: r.QoS,
 			NoLocal: true, RetainAsPublished: true, RetainHandling: 1})
 	}
-	sa, err := l.cli.Subscribe(ctx, s)
-	if err != nil {
-		return fmt.Errorf("subscribe upstream: %w", err)
-	}
-	for i, code := range sa.Reasons {
-		if code >= 0x80 && i < len(rules) {
-			return fmt.Errorf("upstream refused the subscription to %s: reason %#x", rules[i].remoteFilter(), code)
+	for attempt := 1; ; attempt++ {
+		sa, err := l.cli.Subscribe(ctx, s)
+		if sa == nil {
+			return fmt.Errorf("subscribe upstream: %w", err)
 		}
+		if attempt < subscribeAttempts && slices.Contains(sa.Reasons, packetIDInUse) {
+			// mochi (tarsmq's own upstream among them) checks a
+			// SUBSCRIBE's packet id against the ids of the messages it is
+			// sending the client: a resumed session's resend of an in
+			// message collides with paho's first id. The resend is
+			// acknowledged at once, so asking again succeeds; failing the
+			// link instead would have the resend come back, and collide,
+			// on every reconnect.
+			if !sleep(ctx, time.Duration(attempt)*20*time.Millisecond) {
+				return ctx.Err()
+			}
+			continue
+		}
+		for i, code := range sa.Reasons {
+			if code >= 0x80 && i < len(rules) {
+				return fmt.Errorf("upstream refused the subscription to %s: reason %#x", rules[i].remoteFilter(), code)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("subscribe upstream: %w", err)
+		}
+		return nil
 	}
-	return nil
 }
+
+// subscribeAttempts bounds the SUBSCRIBEs of one link refused with
+// packetIDInUse.
+const (
+	subscribeAttempts = 5
+	packetIDInUse     = 0x91
+)
 
 func (l *link5) close() {
 	_ = l.cli.Disconnect(&paho.Disconnect{ReasonCode: 0})
 	_ = l.sess.Close()
-	l.markDown()
+	l.markDown(errors.New("closed"))
 }

@@ -2,10 +2,10 @@ package bridge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"sync"
 	"time"
 
 	mqtt3 "github.com/eclipse/paho.mqtt.golang"
@@ -16,14 +16,13 @@ import (
 // no properties: messages carry no path, so loops between bridges are
 // prevented only by a message brought down never going back up.
 type link3 struct {
-	cli  mqtt3.Client
-	down chan struct{}
-	once sync.Once
+	cli mqtt3.Client
+	*down
 	msgs func(message)
 }
 
 func connect3(ctx context.Context, d *dialer, c Config, password []byte, onMessage func(message)) (*link3, error) {
-	l := &link3{down: make(chan struct{}), msgs: onMessage}
+	l := &link3{down: newDown(), msgs: onMessage}
 	o := mqtt3.NewClientOptions()
 	o.AddBroker("tcp://" + d.address) // the dialer below makes the real connection
 	o.SetClientID(c.ClientID)
@@ -36,7 +35,7 @@ func connect3(ctx context.Context, d *dialer, c Config, password []byte, onMessa
 	o.SetOrderMatters(true)
 	o.SetConnectTimeout(10 * time.Second)
 	o.SetCustomOpenConnectionFn(func(*url.URL, mqtt3.ClientOptions) (net.Conn, error) { return d.dial(ctx) })
-	o.SetConnectionLostHandler(func(mqtt3.Client, error) { l.markDown() })
+	o.SetConnectionLostHandler(func(_ mqtt3.Client, err error) { l.markDown(err) })
 	l.cli = mqtt3.NewClient(o)
 	t := l.cli.Connect()
 	select {
@@ -51,11 +50,8 @@ func connect3(ctx context.Context, d *dialer, c Config, password []byte, onMessa
 	return l, nil
 }
 
-func (l *link3) markDown() { l.once.Do(func() { close(l.down) }) }
-
-func (l *link3) lost() <-chan struct{} { return l.down }
-func (l *link3) peerID() string        { return "" }
-func (l *link3) maxPacket() uint32     { return 0 } // MQTT 3.1.1 does not say
+func (l *link3) peerID() string    { return "" }
+func (l *link3) maxPacket() uint32 { return 0 } // MQTT 3.1.1 does not say
 
 func (l *link3) publish(r record, done func(error)) error {
 	t := l.cli.Publish(r.topic, r.qos, r.retain, r.payload)
@@ -63,7 +59,7 @@ func (l *link3) publish(r record, done func(error)) error {
 		select {
 		case <-t.Done():
 			done(t.Error())
-		case <-l.down:
+		case <-l.lost():
 			done(fmt.Errorf("link down before the upstream acknowledged"))
 		}
 	}()
@@ -94,5 +90,5 @@ func (l *link3) subscribe(ctx context.Context, rules []Rule) error {
 
 func (l *link3) close() {
 	l.cli.Disconnect(250)
-	l.markDown()
+	l.markDown(errors.New("closed"))
 }

@@ -20,7 +20,7 @@ type metrics struct {
 	dropped, rejections, storeSize, storeErrors  *prometheus.Desc
 	refused, denied, limited, retainedBytes      *prometheus.Desc
 	bridgeUp, bridgeQueued, bridgeQueuedBytes    *prometheus.Desc
-	bridgeForwarded, bridgeDropped               *prometheus.Desc
+	bridgeForwarded, bridgeDropped, bridgeConns  *prometheus.Desc
 }
 
 func newMetrics(b *Broker) *metrics {
@@ -47,6 +47,7 @@ func newMetrics(b *Broker) *metrics {
 		limited:           d("limit_actions_total", "What the limits did: throttled (an MQTT 3.1.1 publisher waited for its rate), disconnected (an MQTT 5 one over it), topic_length, topic_levels, retained_messages, retained_bytes (refused).", "limit"),
 		retainedBytes:     d("retained_bytes", "Payload bytes of all retained messages."),
 		bridgeUp:          d("bridge_connected", "1 while the bridge's link to its upstream is up.", "bridge"),
+		bridgeConns:       d("bridge_connects_total", "Links to the upstream the bridge established: one that keeps rising shows a flapping link.", "bridge"),
 		bridgeQueued:      d("bridge_queued_messages", "QoS 1 messages waiting in the bridge's store-and-forward queue.", "bridge"),
 		bridgeQueuedBytes: d("bridge_queued_bytes", "What the bridge's queue takes in the store.", "bridge"),
 		bridgeForwarded:   d("bridge_forwarded_total", "Messages the bridge forwarded: out (acknowledged upstream) or in (published here).", "bridge", "direction"),
@@ -57,7 +58,7 @@ func newMetrics(b *Broker) *metrics {
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.clients, m.retained, m.inflight, m.msgsIn, m.msgsOut, m.bytesIn, m.bytesOut,
 		m.dropped, m.rejections, m.storeSize, m.storeErrors, m.services, m.notOK, m.refused, m.denied, m.limited, m.retainedBytes,
-		m.bridgeUp, m.bridgeQueued, m.bridgeQueuedBytes, m.bridgeForwarded, m.bridgeDropped} {
+		m.bridgeUp, m.bridgeQueued, m.bridgeQueuedBytes, m.bridgeForwarded, m.bridgeDropped, m.bridgeConns} {
 		ch <- d
 	}
 }
@@ -108,6 +109,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		}
 		gauge(m.bridgeUp, up, s.Name)
+		counter(m.bridgeConns, float64(s.Connects), s.Name)
 		gauge(m.bridgeQueued, float64(s.Queued), s.Name)
 		gauge(m.bridgeQueuedBytes, float64(s.QueuedBytes), s.Name)
 		counter(m.bridgeForwarded, float64(s.ForwardedOut), s.Name, "out")
