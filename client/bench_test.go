@@ -52,19 +52,8 @@ func BenchmarkPublish(b *testing.B) {
 			goroutines int
 		}{{"qos0", 0, 1}, {"qos1", 1, 1}, {"qos1x8", 1, 8}} {
 			b.Run(network+"/"+mode.name, func(b *testing.B) {
-				sub := benchClient(b, url, "bsub-"+network+mode.name)
-				var got atomic.Int64
-				done := make(chan struct{})
-				total := int64(b.N)
 				topic := fmt.Sprintf("bench/%s/%s", network, mode.name)
-				if _, err := sub.Subscribe(context.Background(), topic, func(context.Context, client.Message) error {
-					if got.Add(1) == total {
-						close(done)
-					}
-					return nil
-				}); err != nil {
-					b.Fatal(err)
-				}
+				done, got := countTo(b, benchClient(b, url, "bsub-"+network+mode.name), topic, b.N)
 				pub := benchClient(b, url, "bpub-"+network+mode.name)
 				b.ResetTimer()
 				start := time.Now()
@@ -135,19 +124,8 @@ func BenchmarkPublishPahoPeer(b *testing.B) {
 	for _, qos := range []byte{0, 1} {
 		b.Run(fmt.Sprintf("unix/qos%d", qos), func(b *testing.B) {
 			url := "unix://" + br.SocketPath()
-			sub := benchClient(b, url, fmt.Sprintf("peer-sub-%d", qos))
-			var got atomic.Int64
-			done := make(chan struct{})
-			total := int64(b.N)
 			topic := fmt.Sprintf("bench/peer/%d", qos)
-			if _, err := sub.Subscribe(context.Background(), topic, func(context.Context, client.Message) error {
-				if got.Add(1) == total {
-					close(done)
-				}
-				return nil
-			}); err != nil {
-				b.Fatal(err)
-			}
+			done, got := countTo(b, benchClient(b, url, fmt.Sprintf("peer-sub-%d", qos)), topic, b.N)
 			conn, err := net.Dial("unix", br.SocketPath())
 			if err != nil {
 				b.Fatal(err)
@@ -174,4 +152,20 @@ func BenchmarkPublishPahoPeer(b *testing.B) {
 			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msgs/s")
 		})
 	}
+}
+
+// countTo subscribes sub to topic and returns a channel closed once n
+// messages have arrived, and the count so far.
+func countTo(b *testing.B, sub *client.Client, topic string, n int) (<-chan struct{}, *atomic.Int64) {
+	got := new(atomic.Int64)
+	done := make(chan struct{})
+	if _, err := sub.Subscribe(context.Background(), topic, func(context.Context, client.Message) error {
+		if got.Add(1) == int64(n) {
+			close(done)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return done, got
 }

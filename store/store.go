@@ -351,17 +351,10 @@ func (s *Store) DeletePrefix(prefix []byte) error {
 		}
 		return nil
 	})
-	if err != nil || len(keys) == 0 {
+	if err != nil {
 		return err
 	}
-	wb := s.db.NewWriteBatch()
-	for _, k := range keys {
-		if err := wb.Delete(k); err != nil {
-			wb.Cancel()
-			return err
-		}
-	}
-	return wb.Flush()
+	return s.DeleteKeys(keys, false)
 }
 
 func (s *Store) syncIf(sync bool) error {
